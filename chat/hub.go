@@ -1,0 +1,471 @@
+package chat
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/google/uuid"
+	"golang.org/x/time/rate"
+)
+
+// Config holds the hub's settings. The zero value of each field picks the
+// default given in its comment.
+type Config struct {
+	// NodeName names this node in logs and presence. Zero: "local".
+	NodeName string
+	// MaxBody is the most characters (not bytes) a message body may have.
+	// Zero: 4000.
+	MaxBody int
+	// MaxChannels is the most topics one connection may join. Zero: 100.
+	MaxChannels int
+	// ReadLimit is the largest frame read, in bytes; a larger one closes the
+	// connection with status 1009. Zero: 64 KiB.
+	ReadLimit int64
+	// IdleTimeout closes a connection that sent no frame for that long.
+	// Zero: 60 s.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds every write to a connection. Zero: 10 s.
+	WriteTimeout time.Duration
+	// SendQueueLen is the most frames queued for one connection; a
+	// connection that falls further behind is closed as a slow consumer.
+	// Zero: 1024.
+	SendQueueLen int
+	// SendQueueBytes bounds the bytes queued for one connection the same
+	// way. Zero: 4 MiB.
+	SendQueueBytes int
+	// UserRate is how many messages per second one user may push, across
+	// its connections to this node. Zero: no rate limit.
+	UserRate float64
+	// UserBurst is the token bucket's size. Zero: 20.
+	UserBurst int
+	// RelayTimeout bounds one Publish to the broker. Zero: 5 s.
+	RelayTimeout time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.NodeName == "" {
+		c.NodeName = "local"
+	}
+	if c.MaxBody == 0 {
+		c.MaxBody = 4000
+	}
+	if c.MaxChannels == 0 {
+		c.MaxChannels = 100
+	}
+	if c.ReadLimit == 0 {
+		c.ReadLimit = 64 << 10
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 60 * time.Second
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.SendQueueLen == 0 {
+		c.SendQueueLen = 1024
+	}
+	if c.SendQueueBytes == 0 {
+		c.SendQueueBytes = 4 << 20
+	}
+	if c.UserBurst == 0 {
+		c.UserBurst = 20
+	}
+	if c.RelayTimeout == 0 {
+		c.RelayTimeout = 5 * time.Second
+	}
+	switch {
+	case c.MaxBody < 0, c.MaxChannels < 0, c.ReadLimit < 0, c.SendQueueLen < 0, c.SendQueueBytes < 0, c.UserBurst < 0:
+		return errors.New("chat: limits must not be negative")
+	case c.UserRate < 0:
+		return errors.New("chat: user rate must not be negative")
+	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0:
+		return errors.New("chat: timeouts must not be negative")
+	}
+	return nil
+}
+
+// Options are the hub's collaborators. Nil fields get the single-node
+// defaults.
+type Options struct {
+	// Logger receives the hub's logs. Nil: discard.
+	Logger *slog.Logger
+	// NewBroker builds the broker, given the handler it must deliver to.
+	// Nil: a MemoryBroker.
+	NewBroker func(BrokerHandler) Broker
+	// Sink persists accepted messages. Nil: DiscardSink.
+	Sink MessageSink
+}
+
+// Hub owns the rooms and sessions of one node.
+type Hub struct {
+	cfg    Config
+	log    *slog.Logger
+	broker Broker
+	sink   MessageSink
+
+	seed   maphash.Seed
+	shards [roomShards]roomShard
+
+	usersMu sync.Mutex
+	users   map[string]*userState
+
+	sessMu   sync.Mutex
+	sessions map[*Session]struct{}
+	sessWG   sync.WaitGroup
+	draining atomic.Bool
+
+	stats hubCounters
+}
+
+const roomShards = 32
+
+type roomShard struct {
+	mu    sync.Mutex
+	rooms map[string]*room
+}
+
+// room is the local membership of one room. mu guards members and is held
+// for a whole fan-out, so every member is handed a room's frames in one
+// order; fan-out only enqueues, it never does network I/O.
+type room struct {
+	name  string
+	topic string
+	// subscribed is closed once the broker subscription of this room is
+	// live; subErr tells whether it failed.
+	subscribed chan struct{}
+	subErr     error
+
+	// pubMu orders id assignment and publication of the room's messages,
+	// so that ids increase in delivery order.
+	pubMu sync.Mutex
+
+	mu       sync.Mutex
+	members  map[*Session]struct{}
+	snapshot []*Session // members as a slice; nil when stale
+}
+
+// userState is what the node keeps per connected user.
+type userState struct {
+	limiter *rate.Limiter // nil: no rate limit
+	conns   int
+}
+
+type hubCounters struct {
+	connections   atomic.Int64
+	messagesIn    atomic.Int64
+	deliveries    atomic.Int64
+	slowConsumers atomic.Int64
+}
+
+// Stats is a snapshot of the hub's counters.
+type Stats struct {
+	Connections   int64 `json:"connections"`
+	Users         int   `json:"users"`
+	Rooms         int   `json:"rooms"`
+	MessagesIn    int64 `json:"messages_in"`
+	Deliveries    int64 `json:"deliveries"`
+	SlowConsumers int64 `json:"slow_consumers"`
+}
+
+// NewHub returns a hub ready to serve connections.
+func NewHub(cfg Config, opts Options) (*Hub, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	h := &Hub{
+		cfg:      cfg,
+		log:      opts.Logger,
+		sink:     opts.Sink,
+		seed:     maphash.MakeSeed(),
+		users:    make(map[string]*userState),
+		sessions: make(map[*Session]struct{}),
+	}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.sink == nil {
+		h.sink = DiscardSink{}
+	}
+	for i := range h.shards {
+		h.shards[i].rooms = make(map[string]*room)
+	}
+	if opts.NewBroker != nil {
+		h.broker = opts.NewBroker(h.deliver)
+	} else {
+		h.broker = NewMemoryBroker(h.deliver)
+	}
+	return h, nil
+}
+
+// Config returns the hub's configuration with defaults filled in.
+func (h *Hub) Config() Config { return h.cfg }
+
+// Draining reports whether Shutdown has begun.
+func (h *Hub) Draining() bool { return h.draining.Load() }
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() Stats {
+	s := Stats{
+		Connections:   h.stats.connections.Load(),
+		MessagesIn:    h.stats.messagesIn.Load(),
+		Deliveries:    h.stats.deliveries.Load(),
+		SlowConsumers: h.stats.slowConsumers.Load(),
+	}
+	h.usersMu.Lock()
+	s.Users = len(h.users)
+	h.usersMu.Unlock()
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		s.Rooms += len(sh.rooms)
+		sh.mu.Unlock()
+	}
+	return s
+}
+
+func (h *Hub) shard(name string) *roomShard {
+	return &h.shards[maphash.String(h.seed, name)%roomShards]
+}
+
+// deliver is the broker handler: it hands data to every local member of
+// room, in the order deliveries arrive.
+func (h *Hub) deliver(name string, data []byte) {
+	sh := h.shard(name)
+	sh.mu.Lock()
+	r := sh.rooms[name]
+	sh.mu.Unlock()
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.snapshot == nil {
+		r.snapshot = make([]*Session, 0, len(r.members))
+		for s := range r.members {
+			r.snapshot = append(r.snapshot, s)
+		}
+	}
+	members := r.snapshot
+	for _, s := range members {
+		s.enqueue(data)
+	}
+	r.mu.Unlock()
+	h.stats.deliveries.Add(int64(len(members)))
+}
+
+// join adds s to the room name, subscribing the node to it when s is its
+// first local member.
+func (h *Hub) join(ctx context.Context, s *Session, name string) (*room, error) {
+	sh := h.shard(name)
+	sh.mu.Lock()
+	r := sh.rooms[name]
+	created := r == nil
+	if created {
+		r = &room{
+			name:       name,
+			topic:      RoomPrefix + name,
+			subscribed: make(chan struct{}),
+			members:    make(map[*Session]struct{}),
+		}
+		sh.rooms[name] = r
+	}
+	r.mu.Lock()
+	r.members[s] = struct{}{}
+	r.snapshot = nil
+	r.mu.Unlock()
+	sh.mu.Unlock()
+
+	if created {
+		r.subErr = h.broker.Subscribe(ctx, name)
+		close(r.subscribed)
+	}
+	select {
+	case <-r.subscribed:
+	case <-ctx.Done():
+		h.leave(s, r)
+		return nil, ctx.Err()
+	}
+	if r.subErr != nil {
+		h.leave(s, r)
+		h.log.Warn("room subscribe failed", "room", name, "err", r.subErr)
+		return nil, ErrUnavailable
+	}
+	return r, nil
+}
+
+// leave removes s from r, and unsubscribes the node from r when s was its
+// last local member.
+func (h *Hub) leave(s *Session, r *room) {
+	sh := h.shard(r.name)
+	sh.mu.Lock()
+	r.mu.Lock()
+	delete(r.members, s)
+	r.snapshot = nil
+	empty := len(r.members) == 0
+	r.mu.Unlock()
+	if empty && sh.rooms[r.name] == r {
+		delete(sh.rooms, r.name)
+	}
+	sh.mu.Unlock()
+	if empty {
+		// Wait for the subscription that created the room before undoing
+		// it, so Subscribe and Unsubscribe calls stay paired.
+		<-r.subscribed
+		if r.subErr == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), h.cfg.RelayTimeout)
+			if err := h.broker.Unsubscribe(ctx, r.name); err != nil {
+				h.log.Warn("room unsubscribe failed", "room", r.name, "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// publish accepts a message from user to r: it is handed to the sink, then
+// published to the room. On error nothing was published.
+func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message, error) {
+	r.pubMu.Lock()
+	defer r.pubMu.Unlock()
+	id, err := uuid.NewV7()
+	if err != nil {
+		return Message{}, fmt.Errorf("chat: message id: %w", err)
+	}
+	msg := Message{
+		ID:         id.String(),
+		Room:       r.name,
+		UserID:     user,
+		Body:       body,
+		InsertedAt: time.Now().UTC().Truncate(time.Microsecond),
+	}
+	data, err := EncodeBroadcast(r.topic, EventNewMsg, msg)
+	if err != nil {
+		return Message{}, err
+	}
+	if err := h.sink.Enqueue(msg); err != nil {
+		return Message{}, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
+	defer cancel()
+	if err := h.broker.Publish(pctx, r.name, data); err != nil {
+		h.log.Warn("relay publish failed", "room", r.name, "id", msg.ID, "err", err)
+		return Message{}, ErrUnavailable
+	}
+	h.stats.messagesIn.Add(1)
+	return msg, nil
+}
+
+func (h *Hub) acquireUser(user string) *userState {
+	h.usersMu.Lock()
+	defer h.usersMu.Unlock()
+	u := h.users[user]
+	if u == nil {
+		u = &userState{}
+		if h.cfg.UserRate > 0 {
+			u.limiter = rate.NewLimiter(rate.Limit(h.cfg.UserRate), h.cfg.UserBurst)
+		}
+		h.users[user] = u
+	}
+	u.conns++
+	return u
+}
+
+func (h *Hub) releaseUser(user string) {
+	h.usersMu.Lock()
+	defer h.usersMu.Unlock()
+	if u := h.users[user]; u != nil {
+		u.conns--
+		if u.conns <= 0 {
+			delete(h.users, user)
+		}
+	}
+}
+
+// ConnInfo describes an accepted connection.
+type ConnInfo struct {
+	// ID identifies the connection in logs (the request id).
+	ID string
+	// UserID is the authenticated user.
+	UserID string
+}
+
+// ErrDraining is returned by ServeConn once Shutdown has begun.
+var ErrDraining = errors.New("chat: node is draining")
+
+// ServeConn runs the protocol on conn until the connection ends, the
+// context is cancelled or the hub shuts down. It owns conn and closes it.
+func (h *Hub) ServeConn(ctx context.Context, conn *websocket.Conn, info ConnInfo) error {
+	s := newSession(h, conn, info)
+	h.sessMu.Lock()
+	if h.draining.Load() {
+		h.sessMu.Unlock()
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		return ErrDraining
+	}
+	h.sessions[s] = struct{}{}
+	h.sessWG.Add(1)
+	h.sessMu.Unlock()
+	h.stats.connections.Add(1)
+	defer func() {
+		h.stats.connections.Add(-1)
+		h.sessMu.Lock()
+		delete(h.sessions, s)
+		h.sessMu.Unlock()
+		h.sessWG.Done()
+	}()
+	return s.run(ctx)
+}
+
+// Shutdown stops the hub: new connections are refused, open ones are closed
+// with status 1001 (going away) so clients reconnect elsewhere, and Shutdown
+// waits for them to end. When ctx ends first, the remaining connections are
+// dropped and ctx.Err() is returned. Shutdown may be called more than once.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	h.sessMu.Lock()
+	h.draining.Store(true)
+	sessions := make([]*Session, 0, len(h.sessions))
+	for s := range h.sessions {
+		sessions = append(sessions, s)
+	}
+	h.sessMu.Unlock()
+
+	// Close with bounded concurrency: each close handshake may wait on a
+	// slow peer.
+	sem := make(chan struct{}, 64)
+	for _, s := range sessions {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		go func() {
+			defer func() { <-sem }()
+			s.closeGracefully(websocket.StatusGoingAway, "server shutting down")
+		}()
+	}
+
+	done := make(chan struct{})
+	go func() {
+		h.sessWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		h.sessMu.Lock()
+		for s := range h.sessions {
+			s.conn.CloseNow()
+		}
+		h.sessMu.Unlock()
+		<-done
+		return ctx.Err()
+	}
+}

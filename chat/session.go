@@ -1,0 +1,351 @@
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// Session is one WebSocket connection. Its reader goroutine (the caller of
+// run) reads and handles frames and owns channels; its writer goroutine
+// drains a bounded send queue. Anything may enqueue; enqueue never blocks.
+type Session struct {
+	hub  *Hub
+	conn *websocket.Conn
+	id   string
+	user string
+	log  *slog.Logger
+	us   *userState
+
+	// channels maps joined topics to their channel; reader goroutine only.
+	channels map[string]*channel
+
+	qmu     sync.Mutex
+	queue   [][]byte
+	qbytes  int
+	qclosed bool
+	wake    chan struct{} // capacity 1: the queue has frames
+
+	closeOnce sync.Once
+	done      chan struct{} // closed when the session is ending
+}
+
+type channel struct {
+	joinRef string
+	room    *room
+}
+
+func newSession(h *Hub, conn *websocket.Conn, info ConnInfo) *Session {
+	conn.SetReadLimit(h.cfg.ReadLimit)
+	return &Session{
+		hub:      h,
+		conn:     conn,
+		id:       info.ID,
+		user:     info.UserID,
+		log:      h.log.With("conn_id", info.ID, "user_id", info.UserID),
+		channels: make(map[string]*channel),
+		wake:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+}
+
+// run serves the session until it ends; it returns the error that ended it
+// (nil for a normal close by the client).
+func (s *Session) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	s.us = s.hub.acquireUser(s.user)
+	defer s.hub.releaseUser(s.user)
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		s.writeLoop(ctx)
+	}()
+
+	idle := time.AfterFunc(s.hub.cfg.IdleTimeout, func() {
+		s.log.Info("closing idle connection")
+		s.closeGracefully(websocket.StatusPolicyViolation, "idle timeout")
+	})
+	defer idle.Stop()
+
+	err := s.readLoop(ctx, idle)
+
+	for topic, ch := range s.channels {
+		s.hub.leave(s, ch.room)
+		delete(s.channels, topic)
+	}
+	s.closeQueue()
+	s.markDone()
+	cancel()
+	<-writerDone
+	s.conn.CloseNow()
+	return err
+}
+
+func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
+	for {
+		typ, data, err := s.conn.Read(ctx)
+		if err != nil {
+			switch websocket.CloseStatus(err) {
+			case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
+				return nil
+			}
+			select {
+			case <-s.done:
+				return nil // closed by the server: idle, slow or shutdown
+			default:
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.log.Debug("read ended", "err", err)
+			return err
+		}
+		idle.Reset(s.hub.cfg.IdleTimeout)
+		if typ == websocket.MessageBinary {
+			f, ok := binaryPushHeader(data)
+			if !ok {
+				f = Frame{Topic: TopicPhoenix}
+			}
+			s.enqueue(EncodeError(f, ErrBinaryUnsupported))
+			continue
+		}
+		f, err := DecodeFrame(data)
+		if err != nil {
+			s.log.Debug("invalid frame", "err", err)
+			s.enqueue(EncodeError(Frame{Topic: TopicPhoenix}, ErrInvalidFrame))
+			continue
+		}
+		s.handle(ctx, f)
+	}
+}
+
+// handle answers one frame. Every frame with a ref gets exactly one reply.
+func (s *Session) handle(ctx context.Context, f Frame) {
+	if f.Topic == TopicPhoenix {
+		if f.Event == EventHeartbeat {
+			s.enqueue(EncodeReply(f, nil))
+		} else {
+			s.enqueue(EncodeError(f, ErrUnknownEvent))
+		}
+		return
+	}
+	if f.Event == EventJoin {
+		s.handleJoin(ctx, f)
+		return
+	}
+	ch := s.channels[f.Topic]
+	if ch == nil || (f.JoinRef != "" && f.JoinRef != ch.joinRef) {
+		s.enqueue(EncodeError(f, ErrUnmatchedTopic))
+		return
+	}
+	switch f.Event {
+	case EventLeave:
+		s.hub.leave(s, ch.room)
+		delete(s.channels, f.Topic)
+		s.enqueue(EncodeReply(f, nil))
+		s.enqueue(AppendFrame(nil, ch.joinRef, ch.joinRef, f.Topic, EventClose, emptyObject))
+	case EventNewMsg:
+		s.handleNewMsg(ctx, f, ch)
+	default:
+		s.enqueue(EncodeError(f, ErrUnknownEvent))
+	}
+}
+
+// joinParams is the payload of phx_join.
+type joinParams struct {
+	History *int    `json:"history"`
+	Since   *string `json:"since"`
+}
+
+func (s *Session) handleJoin(ctx context.Context, f Frame) {
+	name, ok := RoomFromTopic(f.Topic)
+	if !ok {
+		s.enqueue(EncodeError(f, ErrUnmatchedTopic))
+		return
+	}
+	var p joinParams
+	if !isObject(f.Payload) || json.Unmarshal(f.Payload, &p) != nil {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
+	if p.History != nil && (*p.History < 0 || *p.History > MaxHistory) {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
+	if old := s.channels[f.Topic]; old != nil {
+		// A second join of a joined topic replaces the first channel, as
+		// Phoenix does: the old one is closed.
+		s.hub.leave(s, old.room)
+		delete(s.channels, f.Topic)
+		s.enqueue(AppendFrame(nil, old.joinRef, old.joinRef, f.Topic, EventClose, emptyObject))
+	} else if len(s.channels) >= s.hub.cfg.MaxChannels {
+		s.enqueue(EncodeError(f, ErrTooManyChannels))
+		return
+	}
+	r, err := s.hub.join(ctx, s, name)
+	if err != nil {
+		s.enqueue(EncodeError(f, asChatError(err)))
+		return
+	}
+	joinRef := f.JoinRef
+	if joinRef == "" {
+		joinRef = f.Ref
+	}
+	s.channels[f.Topic] = &channel{joinRef: joinRef, room: r}
+	s.enqueue(EncodeReply(f, nil))
+}
+
+// MaxHistory is the most messages a join may ask for.
+const MaxHistory = 200
+
+// newMsgParams is the payload of new_msg.
+type newMsgParams struct {
+	Body json.RawMessage `json:"body"`
+}
+
+func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
+	var p newMsgParams
+	if !isObject(f.Payload) || json.Unmarshal(f.Payload, &p) != nil {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
+	var body string
+	if len(p.Body) == 0 || p.Body[0] != '"' || json.Unmarshal(p.Body, &body) != nil || body == "" {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
+	if utf8.RuneCountInString(body) > s.hub.cfg.MaxBody {
+		s.enqueue(EncodeError(f, ErrBodyTooLong))
+		return
+	}
+	if s.us.limiter != nil && !s.us.limiter.Allow() {
+		s.enqueue(EncodeError(f, ErrRateLimited))
+		return
+	}
+	msg, err := s.hub.publish(ctx, ch.room, s.user, body)
+	if err != nil {
+		s.enqueue(EncodeError(f, asChatError(err)))
+		return
+	}
+	s.enqueue(EncodeReply(f, map[string]string{"id": msg.ID}))
+}
+
+func asChatError(err error) *Error {
+	var ce *Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	return ErrUnavailable
+}
+
+func isObject(raw json.RawMessage) bool {
+	for _, c := range raw {
+		switch c {
+		case ' ', '\t', '\n', '\r':
+			continue
+		}
+		return c == '{'
+	}
+	return false
+}
+
+// enqueue queues data for the writer. It never blocks: when the queue is
+// over its bounds the session is closed as a slow consumer and data dropped.
+func (s *Session) enqueue(data []byte) {
+	s.qmu.Lock()
+	if s.qclosed {
+		s.qmu.Unlock()
+		return
+	}
+	if len(s.queue) >= s.hub.cfg.SendQueueLen || s.qbytes+len(data) > s.hub.cfg.SendQueueBytes {
+		s.qclosed = true
+		s.queue, s.qbytes = nil, 0
+		s.qmu.Unlock()
+		s.hub.stats.slowConsumers.Add(1)
+		s.log.Warn("closing slow consumer")
+		go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
+		return
+	}
+	s.queue = append(s.queue, data)
+	s.qbytes += len(data)
+	s.qmu.Unlock()
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Session) closeQueue() {
+	s.qmu.Lock()
+	s.qclosed = true
+	s.qmu.Unlock()
+}
+
+// take removes and returns every queued frame.
+func (s *Session) take(buf [][]byte) [][]byte {
+	s.qmu.Lock()
+	buf = append(buf, s.queue...)
+	clear(s.queue)
+	s.queue = s.queue[:0]
+	s.qbytes = 0
+	s.qmu.Unlock()
+	return buf
+}
+
+func (s *Session) writeLoop(ctx context.Context) {
+	var batch [][]byte
+	for {
+		select {
+		case <-s.wake:
+		case <-s.done:
+			// Flush what the reader queued before it ended (a last reply).
+			s.flush(ctx, s.take(batch[:0]))
+			return
+		}
+		batch = s.take(batch[:0])
+		if !s.flush(ctx, batch) {
+			return
+		}
+		clear(batch)
+	}
+}
+
+// flush writes batch under one write deadline; false means the connection
+// failed and the session is ending.
+func (s *Session) flush(ctx context.Context, batch [][]byte) bool {
+	if len(batch) == 0 {
+		return true
+	}
+	wctx, cancel := context.WithTimeout(ctx, s.hub.cfg.WriteTimeout)
+	defer cancel()
+	for _, data := range batch {
+		if err := s.conn.Write(wctx, websocket.MessageText, data); err != nil {
+			s.log.Debug("write failed", "err", err)
+			s.markDone()
+			s.conn.CloseNow()
+			return false
+		}
+	}
+	return true
+}
+
+func (s *Session) markDone() {
+	s.closeOnce.Do(func() { close(s.done) })
+}
+
+// closeGracefully ends the session with a close frame carrying code and
+// reason. It may block on the close handshake; it is safe to call from any
+// goroutine, more than once.
+func (s *Session) closeGracefully(code websocket.StatusCode, reason string) {
+	s.markDone()
+	s.closeQueue()
+	s.conn.Close(code, reason)
+}

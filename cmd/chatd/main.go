@@ -1,0 +1,193 @@
+// Command chatd is a clustered real-time chat server speaking the Phoenix
+// Channels V2 protocol.
+//
+//	chatd [serve] [flags]      run the server (the default)
+//	chatd token --user NAME    print a JWT for NAME signed with CHAT_JWT_SECRET
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/server"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "chatd:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cmd := "serve"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, args, stderr)
+	case "token":
+		return token(args, stdout, stderr)
+	default:
+		return fmt.Errorf("unknown command %q (want serve or token)", cmd)
+	}
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "auto", "":
+		if f, ok := w.(*os.File); ok {
+			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+				return slog.New(slog.NewTextHandler(w, opts)), nil
+			}
+		}
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	default:
+		return nil, fmt.Errorf("log format %q: want auto, json or text", format)
+	}
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &envFlags{fs: fs}
+	hostname, _ := os.Hostname()
+	var (
+		addr         = f.String("addr", "CHAT_ADDR", ":4000", "HTTP listen address")
+		secret       = f.String("jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret of client tokens; empty runs in dev mode")
+		nodeName     = f.String("node-name", "CHAT_NODE_NAME", hostname, "this node's name")
+		maxConns     = f.Int("max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", 5, "connections one user may hold (0: no limit)")
+		userRate     = f.Float("user-rate", "CHAT_USER_RATE", 10, "messages per second one user may send (0: no limit)")
+		userBurst    = f.Int("user-burst", "CHAT_USER_BURST", 20, "burst of the per-user rate limit")
+		maxBody      = f.Int("max-body", "CHAT_MAX_BODY", 4000, "most characters in a message body")
+		maxChannels  = f.Int("max-channels", "CHAT_MAX_CHANNELS", 100, "most topics one connection may join")
+		readLimit    = f.Int("read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
+		origins      = f.String("allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
+		shutdownWait = f.Duration("shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
+		logLevel     = f.String("log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
+		logFormat    = f.String("log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
+	)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	log, err := newLogger(stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *maxConns < 0 || *userBurst < 1 || *maxBody < 1 || *maxChannels < 1 || *readLimit < 1024 || *userRate < 0 {
+		return errors.New("serve: limits must be positive (max-conns-per-user and user-rate may be 0; read-limit at least 1024)")
+	}
+	if *nodeName == "" {
+		*nodeName = "chatd"
+	}
+	log = log.With("node", *nodeName)
+
+	hub, err := chat.NewHub(chat.Config{
+		NodeName:    *nodeName,
+		MaxBody:     *maxBody,
+		MaxChannels: *maxChannels,
+		ReadLimit:   int64(*readLimit),
+		UserRate:    *userRate,
+		UserBurst:   *userBurst,
+	}, chat.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{
+		JWTSecret:      []byte(*secret),
+		AllowedOrigins: splitList(*origins),
+	}, server.Options{
+		Hub:     hub,
+		Limiter: chat.NewMemoryConnLimiter(*maxConns),
+		Logger:  log,
+	})
+	if err != nil {
+		return err
+	}
+	if srv.DevMode() {
+		log.Warn("DEV MODE: no CHAT_JWT_SECRET set; tokens are signed with a public dev secret and anyone can mint one at POST /api/dev/token. Never run a deployment like this.")
+	}
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("serve: listen: %w", err)
+	}
+	log.Info("chatd listening", "addr", ln.Addr().String())
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	stop() // a second signal kills the process
+	log.Info("shutting down", "timeout", shutdownWait.String())
+	sctx, cancel := context.WithTimeout(context.Background(), *shutdownWait)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	<-serveErr
+	if err != nil {
+		log.Error("shutdown incomplete", "err", err)
+		return err
+	}
+	log.Info("shutdown complete")
+	return nil
+}
+
+func token(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd token", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &envFlags{fs: fs}
+	var (
+		user   = fs.String("user", "", "user id (the token's sub)")
+		ttl    = fs.Duration("ttl", 24*time.Hour, "how long the token is valid")
+		secret = f.String("jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
+	)
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	if *user == "" {
+		return errors.New("token: --user is required")
+	}
+	key := []byte(*secret)
+	if len(key) == 0 {
+		fmt.Fprintln(stderr, "chatd token: no CHAT_JWT_SECRET set; signing a DEV MODE token")
+		key = []byte(server.DevSecret)
+	}
+	tok, err := server.MintToken(key, *user, *ttl)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(stdout, tok)
+	return err
+}

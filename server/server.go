@@ -1,0 +1,414 @@
+// Package server is chatd's HTTP surface: the WebSocket endpoint, auth,
+// health and the dev token endpoint.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/chatd/chatd/chat"
+)
+
+// Config holds the server's settings. The zero value of each field picks the
+// default given in its comment.
+type Config struct {
+	// JWTSecret verifies client tokens (HS256). Empty: dev mode, where tokens
+	// are signed with DevSecret and POST /api/dev/token mints them.
+	JWTSecret []byte
+	// AllowedOrigins are host patterns (path.Match, or "scheme://host"
+	// patterns) a browser's Origin may match besides the request's own host.
+	// Empty: same-origin only. Requests without an Origin header (non-browser
+	// clients) are not subject to the check.
+	AllowedOrigins []string
+	// DevTokenTTL is the lifetime of dev-mode tokens. Zero: 24 h.
+	DevTokenTTL time.Duration
+	// ReadyTimeout bounds each readiness check. Zero: 2 s.
+	ReadyTimeout time.Duration
+}
+
+// Check is one readiness dependency (database, Redis).
+type Check struct {
+	Name  string
+	Check func(ctx context.Context) error
+}
+
+// Options are the server's collaborators.
+type Options struct {
+	// Hub serves accepted connections. Required.
+	Hub *chat.Hub
+	// Limiter caps connections per user. Nil: no limit.
+	Limiter chat.ConnLimiter
+	// Checks must all pass for /health/ready to answer 200.
+	Checks []Check
+	// Logger receives access and connection logs. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Server serves chatd's HTTP routes.
+type Server struct {
+	cfg     Config
+	secret  []byte
+	devMode bool
+	hub     *chat.Hub
+	limiter chat.ConnLimiter
+	checks  []Check
+	log     *slog.Logger
+	mux     *http.ServeMux
+
+	// baseCtx outlives requests: it is the context of upgraded
+	// connections, cancelled only once they have been closed.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+
+	draining atomic.Bool
+	shutOnce sync.Once
+	shutErr  error
+	httpSrv  *http.Server
+}
+
+// New returns a server for opts.Hub.
+func New(cfg Config, opts Options) (*Server, error) {
+	if opts.Hub == nil {
+		return nil, errors.New("server: a hub is required")
+	}
+	if cfg.DevTokenTTL == 0 {
+		cfg.DevTokenTTL = 24 * time.Hour
+	}
+	if cfg.ReadyTimeout == 0 {
+		cfg.ReadyTimeout = 2 * time.Second
+	}
+	for _, p := range cfg.AllowedOrigins {
+		if _, err := path.Match(p, ""); err != nil {
+			return nil, fmt.Errorf("server: allowed origin %q: %w", p, err)
+		}
+	}
+	s := &Server{
+		cfg:     cfg,
+		secret:  cfg.JWTSecret,
+		devMode: len(cfg.JWTSecret) == 0,
+		hub:     opts.Hub,
+		limiter: opts.Limiter,
+		checks:  opts.Checks,
+		log:     opts.Logger,
+		mux:     http.NewServeMux(),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.devMode {
+		s.secret = []byte(DevSecret)
+	}
+	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	s.routes()
+	return s, nil
+}
+
+// DevMode reports whether the server runs without a JWT secret.
+func (s *Server) DevMode() bool { return s.devMode }
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /socket/websocket", s.handleSocket)
+	s.mux.HandleFunc("GET /health/live", s.handleLive)
+	s.mux.HandleFunc("GET /health/ready", s.handleReady)
+	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
+}
+
+// Handler returns the server's routes with request ids and access logs.
+func (s *Server) Handler() http.Handler {
+	return s.withRequestID(s.mux)
+}
+
+// Serve accepts connections on ln until Shutdown. It returns nil after a
+// Shutdown.
+func (s *Server) Serve(ln net.Listener) error {
+	s.httpSrv = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	err := s.httpSrv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown turns readiness to 503, stops accepting connections, closes open
+// sockets with status 1001 and waits for them, all within ctx. It returns
+// ctx.Err() when time ran out. Calling it again returns the first result.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutOnce.Do(func() {
+		s.draining.Store(true)
+		var errs []error
+		if s.httpSrv != nil {
+			if err := s.httpSrv.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+			}
+		}
+		if err := s.hub.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: closing connections: %w", err))
+		}
+		s.cancelBase()
+		s.shutErr = errors.Join(errs...)
+	})
+	return s.shutErr
+}
+
+// Drain turns readiness to 503 without closing anything yet, so load
+// balancers stop sending new clients before Shutdown.
+func (s *Server) Drain() { s.draining.Store(true) }
+
+type errorBody struct {
+	Error  string `json:"error"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, code, reason string) {
+	writeJSON(w, status, errorBody{Error: code, Reason: reason})
+}
+
+func (s *Server) handleLive(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+type readyBody struct {
+	Status string            `json:"status"`
+	Reason string            `json:"reason,omitempty"`
+	Checks map[string]string `json:"checks,omitempty"`
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() || s.hub.Draining() {
+		writeJSON(w, http.StatusServiceUnavailable, readyBody{Status: "unavailable", Reason: "draining"})
+		return
+	}
+	body := readyBody{Status: "ok", Checks: make(map[string]string, len(s.checks))}
+	var failed []string
+	for _, c := range s.checks {
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadyTimeout)
+		err := c.Check(ctx)
+		cancel()
+		if err != nil {
+			body.Checks[c.Name] = err.Error()
+			failed = append(failed, c.Name+" unavailable")
+		} else {
+			body.Checks[c.Name] = "ok"
+		}
+	}
+	if len(failed) > 0 {
+		body.Status = "unavailable"
+		body.Reason = strings.Join(failed, ", ")
+		writeJSON(w, http.StatusServiceUnavailable, body)
+		return
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+type devTokenRequest struct {
+	Name string `json:"name"`
+}
+
+func (s *Server) handleDevToken(w http.ResponseWriter, r *http.Request) {
+	if !s.devMode {
+		writeError(w, http.StatusNotFound, "not_found", "dev tokens are only minted when no CHAT_JWT_SECRET is set")
+		return
+	}
+	var req devTokenRequest
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", `body must be {"name": "..."}`)
+		return
+	}
+	name := strings.TrimSpace(req.Name)
+	if name == "" || len(name) > MaxUserIDLen {
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("name must be 1-%d bytes", MaxUserIDLen))
+		return
+	}
+	token, err := MintToken(s.secret, name, s.cfg.DevTokenTTL)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, "internal", "could not mint a token")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"token": token, "user_id": name})
+}
+
+// handleSocket authenticates and upgrades a client connection.
+func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
+	log := requestLogger(r.Context(), s.log)
+	q := r.URL.Query()
+	if vsn := q.Get("vsn"); vsn != "2.0.0" {
+		writeError(w, http.StatusBadRequest, "unsupported_version",
+			fmt.Sprintf("vsn=%q is not supported: only vsn=2.0.0 (Phoenix Channels V2 JSON) is spoken", vsn))
+		return
+	}
+	if s.draining.Load() || s.hub.Draining() {
+		writeError(w, http.StatusServiceUnavailable, "draining", "this node is shutting down; reconnect to another")
+		return
+	}
+	user, err := ParseToken(s.secret, q.Get("token"))
+	if err != nil {
+		log.Info("connection refused", "reason", "auth", "err", err)
+		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+		return
+	}
+	if !s.originAllowed(r) {
+		log.Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
+		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed: set CHAT_ALLOWED_ORIGINS")
+		return
+	}
+	connID := requestID(r.Context())
+	if s.limiter != nil {
+		if err := s.limiter.Acquire(r.Context(), user, connID); err != nil {
+			if errors.Is(err, chat.ErrTooManyConnections) {
+				log.Info("connection refused", "reason", "limit", "user_id", user)
+				writeError(w, http.StatusTooManyRequests, "too_many_connections", "this user holds as many connections as allowed")
+				return
+			}
+			log.Warn("connection limit check failed", "err", err)
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
+			return
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := s.limiter.Release(ctx, user, connID); err != nil {
+				log.Warn("connection slot release failed", "err", err)
+			}
+		}()
+	}
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		// The origin was checked above, with a JSON error.
+		InsecureSkipVerify: true,
+	})
+	if err != nil {
+		log.Info("upgrade failed", "err", err)
+		return
+	}
+	log.Info("connected", "user_id", user)
+	err = s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+	log.Info("disconnected", "user_id", user, "err", err)
+}
+
+// originAllowed applies the same-origin rule plus AllowedOrigins to a
+// browser's Origin header.
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true
+	}
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false
+	}
+	if strings.EqualFold(u.Host, r.Host) {
+		return true
+	}
+	for _, p := range s.cfg.AllowedOrigins {
+		target := u.Host
+		if strings.Contains(p, "://") {
+			target = u.Scheme + "://" + u.Host
+		}
+		if ok, _ := path.Match(strings.ToLower(p), strings.ToLower(target)); ok {
+			return true
+		}
+	}
+	return false
+}
+
+type ctxKey int
+
+const (
+	keyRequestID ctxKey = iota
+	keyLogger
+)
+
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(keyRequestID).(string)
+	return id
+}
+
+func requestLogger(ctx context.Context, fallback *slog.Logger) *slog.Logger {
+	if l, ok := ctx.Value(keyLogger).(*slog.Logger); ok {
+		return l
+	}
+	return fallback
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// withRequestID gives each request an id (from a well-formed X-Request-ID
+// header, else a new one), echoes it and logs the request.
+func (s *Server) withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get("X-Request-ID")
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set("X-Request-ID", id)
+		log := s.log.With("request_id", id)
+		ctx := context.WithValue(r.Context(), keyRequestID, id)
+		ctx = context.WithValue(ctx, keyLogger, log)
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(rec, r.WithContext(ctx))
+		if r.URL.Path == "/health/live" || r.URL.Path == "/health/ready" {
+			return // probes every few seconds would drown the log
+		}
+		log.Info("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+			"duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", r.RemoteAddr)
+	})
+}
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// statusRecorder remembers the response status for the access log. It
+// passes Hijack through for the WebSocket upgrade.
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
