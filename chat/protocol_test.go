@@ -1,0 +1,192 @@
+package chat
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestDecodeFrame(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want Frame
+		err  bool
+	}{
+		{"join", `["1","1","room:lobby","phx_join",{}]`, Frame{"1", "1", "room:lobby", "phx_join", json.RawMessage(`{}`)}, false},
+		{"heartbeat null join_ref", `[null,"5","phoenix","heartbeat",{}]`, Frame{"", "5", "phoenix", "heartbeat", json.RawMessage(`{}`)}, false},
+		{"spaces", ` [ "1" , null , "room:a" , "new_msg" , {"body":"x"} ] `, Frame{"1", "", "room:a", "new_msg", json.RawMessage(`{"body":"x"}`)}, false},
+		{"payload kept raw", `["1","2","room:a","new_msg","str"]`, Frame{"1", "2", "room:a", "new_msg", json.RawMessage(`"str"`)}, false},
+		{"not json", `hello`, Frame{}, true},
+		{"object", `{}`, Frame{}, true},
+		{"too short", `["1","2","t","e"]`, Frame{}, true},
+		{"too long", `["1","2","t","e",{},1]`, Frame{}, true},
+		{"numeric join_ref", `[1,"2","t","e",{}]`, Frame{}, true},
+		{"numeric ref", `["1",2,"t","e",{}]`, Frame{}, true},
+		{"null topic", `["1","2",null,"e",{}]`, Frame{}, true},
+		{"empty event", `["1","2","t","",{}]`, Frame{}, true},
+		{"trailing garbage", `["1","2","t","e",{}]x`, Frame{}, true},
+		{"empty", ``, Frame{}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := DecodeFrame([]byte(tc.in))
+			if tc.err {
+				if err == nil {
+					t.Fatalf("want error, got %+v", got)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.JoinRef != tc.want.JoinRef || got.Ref != tc.want.Ref || got.Topic != tc.want.Topic ||
+				got.Event != tc.want.Event || !bytes.Equal(got.Payload, tc.want.Payload) {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestEncodeFrame(t *testing.T) {
+	f := Frame{JoinRef: "1", Ref: "2", Topic: "room:lobby", Event: "phx_reply", Payload: json.RawMessage(`{"status":"ok","response":{}}`)}
+	if got, want := string(EncodeFrame(f)), `["1","2","room:lobby","phx_reply",{"status":"ok","response":{}}]`; got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+	// Refs that need escaping come back as they were sent.
+	odd := Frame{JoinRef: "a\"b\\c\n\x00é", Ref: "</script>", Topic: "t", Event: "e", Payload: json.RawMessage(`{}`)}
+	back, err := DecodeFrame(EncodeFrame(odd))
+	if err != nil || back.JoinRef != odd.JoinRef || back.Ref != odd.Ref {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+}
+
+func TestReplies(t *testing.T) {
+	f := Frame{JoinRef: "1", Ref: "7", Topic: "room:x"}
+	if got, want := string(EncodeReply(f, map[string]string{"id": "abc"})), `["1","7","room:x","phx_reply",{"status":"ok","response":{"id":"abc"}}]`; got != want {
+		t.Fatalf("got %s", got)
+	}
+	if got, want := string(EncodeError(f, ErrBodyTooLong)), `["1","7","room:x","phx_reply",{"status":"error","response":{"reason":"body too long"}}]`; got != want {
+		t.Fatalf("got %s", got)
+	}
+	msg := Message{ID: "id", Room: "x", UserID: "u", Body: "b", InsertedAt: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)}
+	b, err := EncodeBroadcast("room:x", EventNewMsg, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `[null,null,"room:x","new_msg",{"id":"id","room":"x","user_id":"u","body":"b","inserted_at":"2026-01-02T03:04:05.000006Z"}]`; string(b) != want {
+		t.Fatalf("got %s", b)
+	}
+}
+
+func TestRoomFromTopic(t *testing.T) {
+	for topic, want := range map[string]bool{
+		"room:lobby": true, "room:a": true, "room:A-b_c.9": true, "room:" + strings.Repeat("x", 64): true,
+		"room:": false, "room:" + strings.Repeat("x", 65): false, "room:a b": false, "room:é": false,
+		"room:a/b": false, "lobby": false, "rooms:a": false, "": false, "ROOM:a": false,
+	} {
+		if _, ok := RoomFromTopic(topic); ok != want {
+			t.Errorf("RoomFromTopic(%q) = %v, want %v", topic, ok, want)
+		}
+	}
+}
+
+func TestBinaryPushHeader(t *testing.T) {
+	data := append([]byte{0, 1, 2, 6, 7}, "1"+"22"+"room:a"+"new_msg"+"payload"...)
+	f, ok := binaryPushHeader(data)
+	if !ok || f.JoinRef != "1" || f.Ref != "22" || f.Topic != "room:a" || f.Event != "new_msg" {
+		t.Fatalf("got %+v %v", f, ok)
+	}
+	for _, bad := range [][]byte{nil, {0}, {1, 0, 0, 1, 0, 'x'}, {0, 5, 0, 0, 0, 'a'}, {0, 0, 0, 0, 0}} {
+		if _, ok := binaryPushHeader(bad); ok {
+			t.Errorf("binaryPushHeader(%q) accepted", bad)
+		}
+	}
+}
+
+// FuzzDecodeFrame checks that no input panics the decoder, and that every
+// frame it accepts re-encodes to a frame that decodes the same.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, s := range []string{
+		`["1","1","room:lobby","phx_join",{}]`,
+		`[null,"5","phoenix","heartbeat",{}]`,
+		`["1","2","room:lobby","new_msg",{"body":"hi"}]`,
+		`["1","2","room:lobby","new_msg",{"body":"\u00e9\ud83d\ude00"}]`,
+		`[null,null,"room:x","new_msg",{"id":"x","room":"x","user_id":"u","body":"b","inserted_at":"2026-01-01T00:00:00Z"}]`,
+		`["1","2","t","e"]`, `[1,2,3,4,5]`, `{}`, `[]`, `null`, `"x"`, `["\"","\\","\n","\u0000",[]]`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, err := DecodeFrame(data)
+		if err != nil {
+			return
+		}
+		if fr.Topic == "" || fr.Event == "" {
+			t.Fatalf("accepted a frame without topic or event: %q", data)
+		}
+		enc := EncodeFrame(fr)
+		if !json.Valid(enc) {
+			t.Fatalf("re-encoding of %q is not JSON: %q", data, enc)
+		}
+		back, err := DecodeFrame(enc)
+		if err != nil {
+			t.Fatalf("re-encoding of %q does not decode: %v", data, err)
+		}
+		if back.JoinRef != fr.JoinRef || back.Ref != fr.Ref || back.Topic != fr.Topic || back.Event != fr.Event {
+			t.Fatalf("round trip changed %+v into %+v", fr, back)
+		}
+		RoomFromTopic(fr.Topic)
+		isObject(fr.Payload)
+	})
+}
+
+// FuzzBinaryPushHeader checks the binary header parser on any input.
+func FuzzBinaryPushHeader(f *testing.F) {
+	f.Add(append([]byte{0, 1, 2, 6, 7}, "1"+"22"+"room:a"+"new_msg"+"payload"...))
+	f.Add([]byte{0, 255, 255, 255, 255})
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		fr, ok := binaryPushHeader(data)
+		if ok && (fr.Topic == "" || len(fr.JoinRef)+len(fr.Ref)+len(fr.Topic)+len(fr.Event)+5 > len(data)) {
+			t.Fatalf("bad header accepted: %+v from %q", fr, data)
+		}
+	})
+}
+
+var sinkFrame Frame
+
+func BenchmarkDecodeFrame(b *testing.B) {
+	data := []byte(`["3","17","room:lobby","new_msg",{"body":"hello there, how is everyone doing today?"}]`)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		fr, err := DecodeFrame(data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sinkFrame = fr
+	}
+}
+
+func BenchmarkEncodeBroadcast(b *testing.B) {
+	msg := Message{ID: "019a1fc9-86f6-7ef3-bb24-5e36c5233480", Room: "lobby", UserID: "alice",
+		Body: "hello there, how is everyone doing today?", InsertedAt: time.Now().UTC()}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := EncodeBroadcast("room:lobby", EventNewMsg, msg); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkEncodeReply(b *testing.B) {
+	f := Frame{JoinRef: "3", Ref: "17", Topic: "room:lobby"}
+	resp := map[string]string{"id": "019a1fc9-86f6-7ef3-bb24-5e36c5233480"}
+	b.ReportAllocs()
+	for b.Loop() {
+		EncodeReply(f, resp)
+	}
+}
