@@ -2,10 +2,12 @@ package chat
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -101,14 +103,18 @@ type Options struct {
 	NewBroker func(BrokerHandler) Broker
 	// Sink persists accepted messages. Nil: DiscardSink.
 	Sink MessageSink
+	// History answers the join options "history" and "since" from stored
+	// messages. Nil: only the messages this node has seen recently.
+	History History
 }
 
 // Hub owns the rooms and sessions of one node.
 type Hub struct {
-	cfg    Config
-	log    *slog.Logger
-	broker Broker
-	sink   MessageSink
+	cfg     Config
+	log     *slog.Logger
+	broker  Broker
+	sink    MessageSink
+	history History
 
 	seed   maphash.Seed
 	shards [roomShards]roomShard
@@ -142,14 +148,17 @@ type room struct {
 	subscribed chan struct{}
 	subErr     error
 
-	// pubMu orders id assignment and publication of the room's messages,
-	// so that ids increase in delivery order.
-	pubMu sync.Mutex
-
 	mu       sync.Mutex
 	members  map[*Session]struct{}
 	snapshot []*Session // members as a slice; nil when stale
+	// recent holds the newest messages delivered to the room while it had
+	// local members, oldest first, at most recentSize: they cover what the
+	// persistence queue has not written yet when a member joins.
+	recent []Message
 }
+
+// recentSize is how many delivered messages a local room remembers.
+const recentSize = MaxHistory
 
 // userState is what the node keeps per connected user.
 type userState struct {
@@ -183,6 +192,7 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 		cfg:      cfg,
 		log:      opts.Logger,
 		sink:     opts.Sink,
+		history:  opts.History,
 		seed:     maphash.MakeSeed(),
 		users:    make(map[string]*userState),
 		sessions: make(map[*Session]struct{}),
@@ -244,7 +254,26 @@ func (h *Hub) deliver(name string, data []byte) {
 	if r == nil {
 		return
 	}
+	// Messages are decoded once per node, for the room's recent list and
+	// the id that deduplicates them against a joiner's history.
+	var msg Message
+	if f, err := DecodeFrame(data); err != nil {
+		h.log.Warn("dropping undecodable relay frame", "room", name, "err", err)
+		return
+	} else if f.Event == EventNewMsg {
+		if err := json.Unmarshal(f.Payload, &msg); err != nil || msg.ID == "" {
+			h.log.Warn("dropping relay message without id", "room", name, "err", err)
+			return
+		}
+	}
 	r.mu.Lock()
+	if msg.ID != "" {
+		if len(r.recent) >= recentSize {
+			copy(r.recent, r.recent[1:])
+			r.recent = r.recent[:len(r.recent)-1]
+		}
+		r.recent = append(r.recent, msg)
+	}
 	if r.snapshot == nil {
 		r.snapshot = make([]*Session, 0, len(r.members))
 		for s := range r.members {
@@ -253,18 +282,20 @@ func (h *Hub) deliver(name string, data []byte) {
 	}
 	members := r.snapshot
 	for _, s := range members {
-		s.enqueue(data)
+		s.deliver(r, msg.ID, data)
 	}
 	r.mu.Unlock()
 	h.stats.deliveries.Add(int64(len(members)))
 }
 
 // join adds s to the room name, subscribing the node to it when s is its
-// first local member.
-func (h *Hub) join(ctx context.Context, s *Session, name string) (*room, error) {
+// first local member. With buffer set, deliveries to s from the room are
+// held until s.finishJoin, and recent returns the room's recent messages
+// as they were when s became a member.
+func (h *Hub) join(ctx context.Context, s *Session, name string, buffer bool) (r *room, recent []Message, err error) {
 	sh := h.shard(name)
 	sh.mu.Lock()
-	r := sh.rooms[name]
+	r = sh.rooms[name]
 	created := r == nil
 	if created {
 		r = &room{
@@ -278,6 +309,10 @@ func (h *Hub) join(ctx context.Context, s *Session, name string) (*room, error) 
 	r.mu.Lock()
 	r.members[s] = struct{}{}
 	r.snapshot = nil
+	if buffer {
+		s.startJoin(r)
+		recent = slices.Clone(r.recent)
+	}
 	r.mu.Unlock()
 	sh.mu.Unlock()
 
@@ -289,14 +324,14 @@ func (h *Hub) join(ctx context.Context, s *Session, name string) (*room, error) 
 	case <-r.subscribed:
 	case <-ctx.Done():
 		h.leave(s, r)
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	if r.subErr != nil {
 		h.leave(s, r)
 		h.log.Warn("room subscribe failed", "room", name, "err", r.subErr)
-		return nil, ErrUnavailable
+		return nil, nil, ErrUnavailable
 	}
-	return r, nil
+	return r, recent, nil
 }
 
 // leave removes s from r, and unsubscribes the node from r when s was its
@@ -307,6 +342,7 @@ func (h *Hub) leave(s *Session, r *room) {
 	r.mu.Lock()
 	delete(r.members, s)
 	r.snapshot = nil
+	s.abortJoin(r)
 	empty := len(r.members) == 0
 	r.mu.Unlock()
 	if empty && sh.rooms[r.name] == r {
@@ -327,37 +363,90 @@ func (h *Hub) leave(s *Session, r *room) {
 	}
 }
 
-// publish accepts a message from user to r: it is handed to the sink, then
-// published to the room. On error nothing was published.
+// publishAttempts bounds the retries of a message that lost the race for
+// its room's next place to concurrent publishers.
+const publishAttempts = 8
+
+// publish accepts a message from user to r: a place in the persistence
+// queue is reserved, the message is published to the room with an id
+// greater than every earlier message of the room, then handed to the sink.
+// On error nothing was published or stored.
 func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message, error) {
-	r.pubMu.Lock()
-	defer r.pubMu.Unlock()
-	id, err := uuid.NewV7()
-	if err != nil {
-		return Message{}, fmt.Errorf("chat: message id: %w", err)
-	}
-	msg := Message{
-		ID:         id.String(),
-		Room:       r.name,
-		UserID:     user,
-		Body:       body,
-		InsertedAt: time.Now().UTC().Truncate(time.Microsecond),
-	}
-	data, err := EncodeBroadcast(r.topic, EventNewMsg, msg)
-	if err != nil {
+	if err := h.sink.Reserve(); err != nil {
 		return Message{}, err
 	}
-	if err := h.sink.Enqueue(msg); err != nil {
-		return Message{}, err
-	}
+	committed := false
+	defer func() {
+		if !committed {
+			h.sink.Cancel()
+		}
+	}()
 	pctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
 	defer cancel()
-	if err := h.broker.Publish(pctx, r.name, data); err != nil {
-		h.log.Warn("relay publish failed", "room", r.name, "id", msg.ID, "err", err)
-		return Message{}, ErrUnavailable
+	msg := Message{Room: r.name, UserID: user, Body: body}
+	after := ""
+	for attempt := 1; ; attempt++ {
+		id, err := newMessageID(after)
+		if err != nil {
+			return Message{}, err
+		}
+		msg.ID = id
+		msg.InsertedAt = time.Now().UTC().Truncate(time.Microsecond)
+		data, err := EncodeBroadcast(r.topic, EventNewMsg, msg)
+		if err != nil {
+			return Message{}, err
+		}
+		err = h.broker.Publish(pctx, r.name, msg.ID, data)
+		var ooe *OutOfOrderError
+		if errors.As(err, &ooe) && attempt < publishAttempts {
+			after = ooe.Last
+			continue
+		}
+		if err != nil {
+			h.log.Warn("relay publish failed", "room", r.name, "err", err)
+			return Message{}, ErrUnavailable
+		}
+		break
 	}
+	h.sink.Commit(msg)
+	committed = true
 	h.stats.messagesIn.Add(1)
 	return msg, nil
+}
+
+// newMessageID returns a new UUIDv7, greater than after when after is set.
+// When the clock has not passed after (a concurrent publisher, or another
+// node whose clock runs ahead), it returns after's successor: the same
+// millisecond, the next value of the random bits.
+func newMessageID(after string) (string, error) {
+	id, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("chat: message id: %w", err)
+	}
+	s := id.String()
+	if after == "" || s > after {
+		return s, nil
+	}
+	last, err := uuid.Parse(after)
+	if err != nil {
+		return "", fmt.Errorf("chat: room's last id %q: %w", after, err)
+	}
+	// Increment the 62 random bits of rand_b (bytes 8-15 below the two
+	// variant bits); a carry out of them is astronomically unlikely.
+	for i := 15; i >= 8; i-- {
+		if i == 8 {
+			if last[8]&0x3f == 0x3f {
+				return "", errors.New("chat: message id space of this millisecond exhausted")
+			}
+			last[8]++
+			break
+		}
+		last[i]++
+		if last[i] != 0 {
+			break
+		}
+	}
+	return last.String(), nil
 }
 
 func (h *Hub) acquireUser(user string) *userState {

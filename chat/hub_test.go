@@ -21,11 +21,11 @@ func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
 	}
 	ctx := context.Background()
 	a, b := newTestSession(h, "a"), newTestSession(h, "b")
-	ra, err := h.join(ctx, a, "lobby")
+	ra, _, err := h.join(ctx, a, "lobby", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, _ := h.join(ctx, b, "lobby")
+	rb, _, _ := h.join(ctx, b, "lobby", false)
 	if ra != rb {
 		t.Fatal("two joins of one room made two rooms")
 	}
@@ -49,7 +49,7 @@ func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
 		t.Fatalf("rooms after all left: %d", st.Rooms)
 	}
 	// The broker no longer delivers the room.
-	h.broker.Publish(ctx, "lobby", []byte("x"))
+	h.broker.Publish(ctx, "lobby", "", []byte("x"))
 	if q := a.take(nil); len(q) != 0 {
 		t.Fatal("delivery after leave")
 	}
@@ -100,7 +100,7 @@ func BenchmarkFanout1000(b *testing.B) {
 	var r *room
 	for i := range members {
 		members[i] = newTestSession(h, fmt.Sprint(i))
-		if r, err = h.join(ctx, members[i], "bench"); err != nil {
+		if r, _, err = h.join(ctx, members[i], "bench", false); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -118,4 +118,49 @@ func BenchmarkFanout1000(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N*len(members))/b.Elapsed().Seconds(), "deliveries/s")
+}
+
+func TestNewMessageIDSuccessor(t *testing.T) {
+	a, err := newMessageID("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An id from the future: the next id must still be greater.
+	future := "ffffffff-ffff-7fff-bfff-fffffffffffe"
+	b, err := newMessageID(future)
+	if err != nil || b <= future {
+		t.Fatalf("successor of %s = %s, %v", future, b, err)
+	}
+	if b != "ffffffff-ffff-7fff-bfff-ffffffffffff" {
+		t.Fatalf("successor = %s", b)
+	}
+	carry, err := newMessageID("ffffffff-ffff-7fff-80ff-ffffffffffff")
+	if err != nil || carry != "ffffffff-ffff-7fff-8100-000000000000" {
+		t.Fatalf("carry successor = %s, %v", carry, err)
+	}
+	if _, err := newMessageID(future[:35] + "f"); err == nil {
+		// ...-bfff-ffffffffffff is the last id of its millisecond.
+		t.Fatal("exhausted id space not reported")
+	}
+	if c, _ := newMessageID(a); c <= a {
+		t.Fatalf("%s not after %s", c, a)
+	}
+}
+
+func TestMergeByID(t *testing.T) {
+	m := func(ids ...string) []Message {
+		var out []Message
+		for _, id := range ids {
+			out = append(out, Message{ID: id})
+		}
+		return out
+	}
+	got := mergeByID(m("a", "c", "d"), m("b", "c", "e"))
+	var ids []string
+	for _, x := range got {
+		ids = append(ids, x.ID)
+	}
+	if fmt.Sprint(ids) != "[a b c d e]" {
+		t.Fatalf("merged %v", ids)
+	}
 }

@@ -24,12 +24,21 @@ type Message struct {
 // was not accepted: the sender is told "overloaded" and nothing is broadcast.
 var ErrOverloaded = &Error{Reason: "overloaded"}
 
-// MessageSink persists accepted messages off the request path.
+// MessageSink persists accepted messages off the request path. A message is
+// handed over in two steps, so that a full queue is known before anything is
+// broadcast and the id is final before anything is stored: Reserve takes a
+// place in the queue, then exactly one of Commit (with the message) or Cancel
+// gives it back.
 type MessageSink interface {
-	// Enqueue hands msg to the persistence queue and returns at once, never
-	// waiting on the database. When the queue is full it returns ErrOverloaded
-	// and keeps nothing; any other error also means msg was not kept.
-	Enqueue(msg Message) error
+	// Reserve takes one place in the persistence queue and returns at once,
+	// never waiting on the database. When the queue is full it returns
+	// ErrOverloaded; any error means no place was taken.
+	Reserve() error
+	// Commit queues msg in a place taken by Reserve. It never blocks and
+	// never fails: the place is there.
+	Commit(msg Message)
+	// Cancel gives back a place taken by Reserve, unused.
+	Cancel()
 }
 
 // History reads stored messages of a room.
@@ -46,5 +55,11 @@ type History interface {
 // that has no store configured (tests of the protocol alone).
 type DiscardSink struct{}
 
-// Enqueue implements MessageSink.
-func (DiscardSink) Enqueue(Message) error { return nil }
+// Reserve implements MessageSink.
+func (DiscardSink) Reserve() error { return nil }
+
+// Commit implements MessageSink.
+func (DiscardSink) Commit(Message) {}
+
+// Cancel implements MessageSink.
+func (DiscardSink) Cancel() {}

@@ -31,6 +31,9 @@ type Session struct {
 	qbytes  int
 	qclosed bool
 	wake    chan struct{} // capacity 1: the queue has frames
+	// joining holds the deliveries of rooms being joined with history,
+	// until the join reply is queued; guarded by qmu.
+	joining map[*room][]delivery
 
 	closeOnce sync.Once
 	done      chan struct{} // closed when the session is ending
@@ -39,6 +42,13 @@ type Session struct {
 type channel struct {
 	joinRef string
 	room    *room
+}
+
+// delivery is a frame held back during a join; id is its message id, empty
+// for frames that are not messages.
+type delivery struct {
+	id   string
+	data []byte
 }
 
 func newSession(h *Hub, conn *websocket.Conn, info ConnInfo) *Session {
@@ -180,6 +190,10 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
+	if p.Since != nil && (*p.Since == "" || len(*p.Since) > 64) {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
 	if old := s.channels[f.Topic]; old != nil {
 		// A second join of a joined topic replaces the first channel, as
 		// Phoenix does: the old one is closed.
@@ -190,7 +204,8 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		s.enqueue(EncodeError(f, ErrTooManyChannels))
 		return
 	}
-	r, err := s.hub.join(ctx, s, name)
+	withHistory := p.Since != nil || (p.History != nil && *p.History > 0)
+	r, recent, err := s.hub.join(ctx, s, name, withHistory)
 	if err != nil {
 		s.enqueue(EncodeError(f, asChatError(err)))
 		return
@@ -200,7 +215,12 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		joinRef = f.Ref
 	}
 	s.channels[f.Topic] = &channel{joinRef: joinRef, room: r}
-	s.enqueue(EncodeReply(f, nil))
+	if !withHistory {
+		s.enqueue(EncodeReply(f, nil))
+		return
+	}
+	resp := s.hub.joinHistory(ctx, name, p, recent)
+	s.finishJoin(r, EncodeReply(f, resp), resp.last)
 }
 
 // MaxHistory is the most messages a join may ask for.
@@ -261,26 +281,103 @@ func isObject(raw json.RawMessage) bool {
 // over its bounds the session is closed as a slow consumer and data dropped.
 func (s *Session) enqueue(data []byte) {
 	s.qmu.Lock()
+	ok := s.enqueueLocked(data)
+	s.qmu.Unlock()
+	if ok {
+		s.signal()
+	}
+}
+
+// enqueueLocked queues data with qmu held; false means nothing was queued.
+func (s *Session) enqueueLocked(data []byte) bool {
 	if s.qclosed {
-		s.qmu.Unlock()
-		return
+		return false
 	}
 	if len(s.queue) >= s.hub.cfg.SendQueueLen || s.qbytes+len(data) > s.hub.cfg.SendQueueBytes {
-		s.qclosed = true
-		s.queue, s.qbytes = nil, 0
-		s.qmu.Unlock()
-		s.hub.stats.slowConsumers.Add(1)
-		s.log.Warn("closing slow consumer")
-		go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
-		return
+		s.overflowLocked()
+		return false
 	}
 	s.queue = append(s.queue, data)
 	s.qbytes += len(data)
-	s.qmu.Unlock()
+	return true
+}
+
+// overflowLocked closes the session as a slow consumer, with qmu held.
+func (s *Session) overflowLocked() {
+	s.qclosed = true
+	s.queue, s.qbytes, s.joining = nil, 0, nil
+	s.hub.stats.slowConsumers.Add(1)
+	s.log.Warn("closing slow consumer")
+	go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
+}
+
+func (s *Session) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
 	}
+}
+
+// deliver hands s a frame of room r; it is held back while r is being
+// joined with history.
+func (s *Session) deliver(r *room, id string, data []byte) {
+	s.qmu.Lock()
+	if buf, ok := s.joining[r]; ok {
+		if len(buf) >= s.hub.cfg.SendQueueLen {
+			s.overflowLocked()
+		} else {
+			s.joining[r] = append(buf, delivery{id: id, data: data})
+		}
+		s.qmu.Unlock()
+		return
+	}
+	ok := s.enqueueLocked(data)
+	s.qmu.Unlock()
+	if ok {
+		s.signal()
+	}
+}
+
+// startJoin begins holding back r's deliveries. The hub calls it with r.mu
+// held, as s becomes a member.
+func (s *Session) startJoin(r *room) {
+	s.qmu.Lock()
+	if !s.qclosed {
+		if s.joining == nil {
+			s.joining = make(map[*room][]delivery)
+		}
+		s.joining[r] = nil
+	}
+	s.qmu.Unlock()
+}
+
+// abortJoin drops what was held back for r (s left r).
+func (s *Session) abortJoin(r *room) {
+	s.qmu.Lock()
+	delete(s.joining, r)
+	s.qmu.Unlock()
+}
+
+// finishJoin queues the join reply, then the deliveries held back since the
+// join, leaving out messages with ids up to last: the reply already has
+// them.
+func (s *Session) finishJoin(r *room, reply []byte, last string) {
+	s.qmu.Lock()
+	held, ok := s.joining[r]
+	delete(s.joining, r)
+	queued := s.enqueueLocked(reply)
+	if ok && queued {
+		for _, d := range held {
+			if d.id != "" && d.id <= last {
+				continue
+			}
+			if !s.enqueueLocked(d.data) {
+				break
+			}
+		}
+	}
+	s.qmu.Unlock()
+	s.signal()
 }
 
 func (s *Session) closeQueue() {
