@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -238,7 +239,8 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		return
 	}
 	var body string
-	if len(p.Body) == 0 || p.Body[0] != '"' || json.Unmarshal(p.Body, &body) != nil || body == "" {
+	// A NUL character can be neither stored (PostgreSQL text) nor shown.
+	if len(p.Body) == 0 || p.Body[0] != '"' || json.Unmarshal(p.Body, &body) != nil || body == "" || strings.IndexByte(body, 0) >= 0 {
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}

@@ -78,9 +78,9 @@ func startServer(tb testing.TB, hc chat.Config, mod func(*Config, *Options)) *te
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ts := httptest.NewUnstartedServer(srv.Handler())
+	ts := httptest.NewUnstartedServer(nil)
+	ts.Config = srv.httpSrv
 	ts.Start()
-	srv.httpSrv = ts.Config
 	tb.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -39,6 +39,10 @@ type Config struct {
 	DevTokenTTL time.Duration
 	// ReadyTimeout bounds each readiness check. Zero: 2 s.
 	ReadyTimeout time.Duration
+	// DrainDelay is how long Shutdown keeps the listener open after
+	// readiness turns 503 (refusing new WebSocket connections), so that load
+	// balancers notice before connections are closed. Zero: no delay.
+	DrainDelay time.Duration
 }
 
 // Check is one readiness dependency (database, Redis).
@@ -115,6 +119,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	s.routes()
+	s.httpSrv = &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
 	return s, nil
 }
 
@@ -136,13 +147,6 @@ func (s *Server) Handler() http.Handler {
 // Serve accepts connections on ln until Shutdown. It returns nil after a
 // Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
-	s.httpSrv = &http.Server{
-		Handler:           s.Handler(),
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-	}
 	err := s.httpSrv.Serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -150,17 +154,24 @@ func (s *Server) Serve(ln net.Listener) error {
 	return err
 }
 
-// Shutdown turns readiness to 503, stops accepting connections, closes open
-// sockets with status 1001 and waits for them, all within ctx. It returns
-// ctx.Err() when time ran out. Calling it again returns the first result.
+// Shutdown turns readiness to 503, waits DrainDelay, stops accepting
+// connections, closes open sockets with status 1001 and waits for them, all
+// within ctx. It returns ctx.Err() when time ran out. Calling it again
+// returns the first result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.draining.Store(true)
-		var errs []error
-		if s.httpSrv != nil {
-			if err := s.httpSrv.Shutdown(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+		if s.cfg.DrainDelay > 0 {
+			t := time.NewTimer(s.cfg.DrainDelay)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
 			}
+		}
+		var errs []error
+		if err := s.httpSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
 		}
 		if err := s.hub.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("server: closing connections: %w", err))

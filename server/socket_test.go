@@ -251,6 +251,7 @@ func TestBadInput(t *testing.T) {
 		{"numeric body", bj, "room:lobby", "new_msg", `{"body":42}`, "invalid payload"},
 		{"null body", bj, "room:lobby", "new_msg", `{"body":null}`, "invalid payload"},
 		{"empty body", bj, "room:lobby", "new_msg", `{"body":""}`, "invalid payload"},
+		{"NUL in body", bj, "room:lobby", "new_msg", `{"body":"a\u0000b"}`, "invalid payload"},
 		{"body too long", bj, "room:lobby", "new_msg", `{"body":"12345678901"}`, "body too long"},
 	}
 	for _, tc := range replyCases {

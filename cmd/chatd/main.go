@@ -87,6 +87,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		readLimit    = f.Int("read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
 		origins      = f.String("allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 		shutdownWait = f.Duration("shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
+		drainDelay   = f.Duration("drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
 		logLevel     = f.String("log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
 		logFormat    = f.String("log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
 	)
@@ -96,6 +97,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
+	// Signals are caught from here on: a SIGTERM during start-up still
+	// shuts down cleanly.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
 	log, err := newLogger(stderr, *logLevel, *logFormat)
 	if err != nil {
 		return err
@@ -122,6 +127,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	srv, err := server.New(server.Config{
 		JWTSecret:      []byte(*secret),
 		AllowedOrigins: splitList(*origins),
+		DrainDelay:     *drainDelay,
 	}, server.Options{
 		Hub:     hub,
 		Limiter: chat.NewMemoryConnLimiter(*maxConns),
@@ -140,8 +146,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log.Info("chatd listening", "addr", ln.Addr().String())
 
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 
