@@ -59,6 +59,8 @@ type Options struct {
 	Limiter chat.ConnLimiter
 	// Checks must all pass for /health/ready to answer 200.
 	Checks []Check
+	// Messages serves the history API. Nil: the API answers 404.
+	Messages MessagePager
 	// Logger receives access and connection logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -71,6 +73,7 @@ type Server struct {
 	hub     *chat.Hub
 	limiter chat.ConnLimiter
 	checks  []Check
+	pager   MessagePager
 	log     *slog.Logger
 	mux     *http.ServeMux
 
@@ -108,6 +111,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		hub:     opts.Hub,
 		limiter: opts.Limiter,
 		checks:  opts.Checks,
+		pager:   opts.Messages,
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
 	}
@@ -137,6 +141,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /health/live", s.handleLive)
 	s.mux.HandleFunc("GET /health/ready", s.handleReady)
 	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
+	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
 }
 
 // Handler returns the server's routes with request ids and access logs.

@@ -43,6 +43,17 @@ func (e *envFlags) Int(name, env string, def int, usage string) *int {
 	return e.fs.Int(name, def, e.usage(usage, env))
 }
 
+func (e *envFlags) Bool(name, env string, def bool, usage string) *bool {
+	if v, ok := e.env(env); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			e.errs = append(e.errs, fmt.Errorf("%s=%q: not a boolean", env, v))
+		}
+		def = b
+	}
+	return e.fs.Bool(name, def, e.usage(usage, env))
+}
+
 func (e *envFlags) Float(name, env string, def float64, usage string) *float64 {
 	if v, ok := e.env(env); ok {
 		f, err := strconv.ParseFloat(v, 64)

@@ -1,8 +1,9 @@
 // Command chatd is a clustered real-time chat server speaking the Phoenix
 // Channels V2 protocol.
 //
-//	chatd [serve] [flags]      run the server (the default)
-//	chatd token --user NAME    print a JWT for NAME signed with CHAT_JWT_SECRET
+//	chatd [serve] [flags]          run the server (the default)
+//	chatd migrate up|down|status   manage the database schema
+//	chatd token --user NAME        print a JWT for NAME signed with CHAT_JWT_SECRET
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 
 	"github.com/chatd/chatd/chat"
 	"github.com/chatd/chatd/server"
+	"github.com/chatd/chatd/store"
 )
 
 func main() {
@@ -42,8 +44,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return serve(ctx, args, stderr)
 	case "token":
 		return token(args, stdout, stderr)
+	case "migrate":
+		return migrate(ctx, args, stdout, stderr)
 	default:
-		return fmt.Errorf("unknown command %q (want serve or token)", cmd)
+		return fmt.Errorf("unknown command %q (want serve, migrate or token)", cmd)
 	}
 }
 
@@ -88,6 +92,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		origins      = f.String("allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 		shutdownWait = f.Duration("shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
 		drainDelay   = f.Duration("drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
+		dbURL        = f.String("database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
+		migrateStart = f.Bool("migrate", "CHAT_MIGRATE", true, "apply pending migrations at start (under a lock on PostgreSQL)")
+		queueSize    = f.Int("persist-queue", "CHAT_PERSIST_QUEUE", 10000, "messages that may wait to be written; a full queue answers overloaded")
+		workers      = f.Int("persist-workers", "CHAT_PERSIST_WORKERS", 4, "goroutines writing batches")
+		batchSize    = f.Int("persist-batch", "CHAT_PERSIST_BATCH", 100, "most messages in one INSERT")
+		batchWait    = f.Duration("persist-batch-wait", "CHAT_PERSIST_BATCH_WAIT", 20*time.Millisecond, "how long a batch waits to fill")
 		logLevel     = f.String("log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
 		logFormat    = f.String("log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
 	)
@@ -113,6 +123,31 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	log = log.With("node", *nodeName)
 
+	db, err := store.Open(ctx, *dbURL, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if *migrateStart {
+		if err := db.MigrateUp(ctx); err != nil {
+			return err
+		}
+	} else if cur, latest, err := db.SchemaVersion(ctx); err != nil {
+		return err
+	} else if cur < latest {
+		return fmt.Errorf("serve: database schema is at version %d, this chatd needs %d: run chatd migrate up", cur, latest)
+	}
+	writer, err := store.NewWriter(db, store.WriterConfig{
+		QueueSize: *queueSize,
+		Workers:   *workers,
+		BatchSize: *batchSize,
+		BatchWait: *batchWait,
+	}, log)
+	if err != nil {
+		return err
+	}
+	history := store.NewHistory(db)
+
 	hub, err := chat.NewHub(chat.Config{
 		NodeName:    *nodeName,
 		MaxBody:     *maxBody,
@@ -120,7 +155,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadLimit:   int64(*readLimit),
 		UserRate:    *userRate,
 		UserBurst:   *userBurst,
-	}, chat.Options{Logger: log})
+	}, chat.Options{Logger: log, Sink: writer, History: history})
 	if err != nil {
 		return err
 	}
@@ -129,9 +164,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AllowedOrigins: splitList(*origins),
 		DrainDelay:     *drainDelay,
 	}, server.Options{
-		Hub:     hub,
-		Limiter: chat.NewMemoryConnLimiter(*maxConns),
-		Logger:  log,
+		Hub:      hub,
+		Limiter:  chat.NewMemoryConnLimiter(*maxConns),
+		Logger:   log,
+		Messages: history,
+		Checks:   []server.Check{{Name: "database", Check: db.Ping}},
 	})
 	if err != nil {
 		return err
@@ -151,6 +188,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	select {
 	case err := <-serveErr:
+		cctx, cancel := context.WithTimeout(context.Background(), *shutdownWait)
+		defer cancel()
+		writer.Close(cctx)
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
@@ -160,12 +200,41 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	defer cancel()
 	err = srv.Shutdown(sctx)
 	<-serveErr
+	// Connections are closed: nothing more can be accepted, so the writer
+	// drains what is queued.
+	if werr := writer.Close(sctx); werr != nil {
+		err = errors.Join(err, fmt.Errorf("persistence queue not drained: %w", werr))
+	}
 	if err != nil {
 		log.Error("shutdown incomplete", "err", err)
 		return err
 	}
 	log.Info("shutdown complete")
 	return nil
+}
+
+func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("chatd migrate", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, store.MigrateUsage)
+		fs.PrintDefaults()
+	}
+	f := &envFlags{fs: fs}
+	dbURL := f.String("database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
+	if err := f.parse(args); err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, "warn", "auto")
+	if err != nil {
+		return err
+	}
+	db, err := store.Open(ctx, *dbURL, log)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	return store.RunMigrateCommand(ctx, db, fs.Args(), stdout)
 }
 
 func token(args []string, stdout, stderr io.Writer) error {

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/store"
+)
+
+// MessagePager pages through a room's stored messages (store.History).
+type MessagePager interface {
+	// Page returns one page of room's messages: with q.After set, oldest
+	// first going forward; otherwise newest first going back from q.Before
+	// (or from the newest).
+	Page(ctx context.Context, room string, q store.PageQuery) ([]chat.Message, error)
+}
+
+type historyPage struct {
+	Messages []chat.Message `json:"messages"`
+	// Order is "newest_first" or "oldest_first".
+	Order string `json:"order"`
+}
+
+// handleMessages serves GET /api/rooms/{room}/messages?before=&after=&limit=
+// to a bearer of a valid user token.
+func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.bearerUser(w, r); !ok {
+		return
+	}
+	if s.pager == nil {
+		writeError(w, http.StatusNotFound, "not_found", "no message store is configured")
+		return
+	}
+	room := r.PathValue("room")
+	if !chat.ValidRoomName(room) {
+		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
+		return
+	}
+	q := r.URL.Query()
+	pq := store.PageQuery{Before: q.Get("before"), After: q.Get("after")}
+	if len(pq.Before) > 64 || len(pq.After) > 64 {
+		writeError(w, http.StatusBadRequest, "bad_request", "before and after must be message ids")
+		return
+	}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "bad_request", "limit must be a positive integer")
+			return
+		}
+		pq.Limit = min(n, store.MaxPageLimit)
+	}
+	msgs, err := s.pager.Page(r.Context(), room, pq)
+	if err != nil {
+		requestLogger(r.Context(), s.log).Warn("history query failed", "room", room, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the message store did not answer")
+		return
+	}
+	page := historyPage{Messages: msgs, Order: "newest_first"}
+	if pq.After != "" {
+		page.Order = "oldest_first"
+	}
+	if page.Messages == nil {
+		page.Messages = []chat.Message{}
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// bearerUser authenticates "Authorization: Bearer <user token>"; on failure
+// it answers 401 and returns false.
+func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (string, bool) {
+	auth := r.Header.Get("Authorization")
+	token, ok := strings.CutPrefix(auth, "Bearer ")
+	if !ok {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="chatd"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "an Authorization: Bearer <token> header is required")
+		return "", false
+	}
+	user, err := ParseToken(s.secret, strings.TrimSpace(token))
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="chatd", error="invalid_token"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+		return "", false
+	}
+	return user, true
+}
