@@ -39,6 +39,9 @@ type Config struct {
 	DevTokenTTL time.Duration
 	// ReadyTimeout bounds each readiness check. Zero: 2 s.
 	ReadyTimeout time.Duration
+	// AdminToken opens the ops endpoints (/api/stats) to bearers of it.
+	// Empty: they answer only direct loopback clients.
+	AdminToken string
 	// DrainDelay is how long Shutdown keeps the listener open after
 	// readiness turns 503 (refusing new WebSocket connections), so that load
 	// balancers notice before connections are closed. Zero: no delay.
@@ -61,6 +64,8 @@ type Options struct {
 	Checks []Check
 	// Messages serves the history API. Nil: the API answers 404.
 	Messages MessagePager
+	// Stats builds the /api/stats document. Nil: 404.
+	Stats StatsFunc
 	// Logger receives access and connection logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -74,6 +79,7 @@ type Server struct {
 	limiter chat.ConnLimiter
 	checks  []Check
 	pager   MessagePager
+	stats   StatsFunc
 	log     *slog.Logger
 	mux     *http.ServeMux
 
@@ -112,6 +118,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		limiter: opts.Limiter,
 		checks:  opts.Checks,
 		pager:   opts.Messages,
+		stats:   opts.Stats,
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
 	}
@@ -142,6 +149,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /health/ready", s.handleReady)
 	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
+	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
 }
 
 // Handler returns the server's routes with request ids and access logs.

@@ -595,3 +595,41 @@ func TestShutdownDeadlineDropsStuckClients(t *testing.T) {
 		t.Fatalf("connections after shutdown: %d", st.Connections)
 	}
 }
+
+func TestOpsAccess(t *testing.T) {
+	stats := func(context.Context) any { return map[string]any{"nodes": []string{"n1"}} }
+	open := startServer(t, chat.Config{}, func(_ *Config, o *Options) { o.Stats = stats })
+	get := func(url string, hdr http.Header) int {
+		req, _ := http.NewRequest("GET", url, nil)
+		for k, v := range hdr {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := get(open.ts.URL+"/api/stats", nil); c != 200 {
+		t.Fatalf("loopback without admin token: %d", c)
+	}
+	if c := get(open.ts.URL+"/api/stats", http.Header{"X-Forwarded-For": {"203.0.113.9"}}); c != 403 {
+		t.Fatalf("proxied request without admin token: %d", c)
+	}
+
+	locked := startServer(t, chat.Config{}, func(c *Config, o *Options) { o.Stats = stats; c.AdminToken = "s3cret-admin" })
+	for name, hdr := range map[string]http.Header{
+		"none":       nil,
+		"user token": {"Authorization": {"Bearer " + mint(t, "alice")}},
+		"wrong":      {"Authorization": {"Bearer nope"}},
+		"basic":      {"Authorization": {"Basic s3cret-admin"}},
+	} {
+		if c := get(locked.ts.URL+"/api/stats", hdr); c != 401 {
+			t.Errorf("%s: %d, want 401", name, c)
+		}
+	}
+	if c := get(locked.ts.URL+"/api/stats", http.Header{"Authorization": {"Bearer s3cret-admin"}}); c != 200 {
+		t.Fatalf("admin token: %d", c)
+	}
+}
