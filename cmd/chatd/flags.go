@@ -16,64 +16,49 @@ type envFlags struct {
 	errs []error
 }
 
+// env returns the value of the variable name, if set and not blank.
 func (e *envFlags) env(name string) (string, bool) {
-	v, ok := os.LookupEnv(name)
-	return strings.TrimSpace(v), ok && strings.TrimSpace(v) != ""
+	v := strings.TrimSpace(os.Getenv(name))
+	return v, v != ""
 }
 
 func (e *envFlags) usage(usage, env string) string {
 	return fmt.Sprintf("%s (env %s)", usage, env)
 }
 
-func (e *envFlags) String(name, env, def, usage string) *string {
-	if v, ok := e.env(env); ok {
-		def = v
+// parseEnv parses the variable env with parse, falling back to def (and
+// recording the error) when it does not parse.
+func parseEnv[T any](e *envFlags, env string, def T, kind string, parse func(string) (T, error)) T {
+	v, ok := e.env(env)
+	if !ok {
+		return def
 	}
-	return e.fs.String(name, def, e.usage(usage, env))
+	x, err := parse(v)
+	if err != nil {
+		e.errs = append(e.errs, fmt.Errorf("%s=%q: not %s", env, v, kind))
+		return def
+	}
+	return x
 }
 
-func (e *envFlags) Int(name, env string, def int, usage string) *int {
-	if v, ok := e.env(env); ok {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: not an integer", env, v))
-		}
-		def = n
-	}
-	return e.fs.Int(name, def, e.usage(usage, env))
+func (e *envFlags) stringVar(p *string, name, env, def, usage string) {
+	e.fs.StringVar(p, name, parseEnv(e, env, def, "a string", func(s string) (string, error) { return s, nil }), e.usage(usage, env))
 }
 
-func (e *envFlags) Bool(name, env string, def bool, usage string) *bool {
-	if v, ok := e.env(env); ok {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: not a boolean", env, v))
-		}
-		def = b
-	}
-	return e.fs.Bool(name, def, e.usage(usage, env))
+func (e *envFlags) intVar(p *int, name, env string, def int, usage string) {
+	e.fs.IntVar(p, name, parseEnv(e, env, def, "an integer", strconv.Atoi), e.usage(usage, env))
 }
 
-func (e *envFlags) Float(name, env string, def float64, usage string) *float64 {
-	if v, ok := e.env(env); ok {
-		f, err := strconv.ParseFloat(v, 64)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: not a number", env, v))
-		}
-		def = f
-	}
-	return e.fs.Float64(name, def, e.usage(usage, env))
+func (e *envFlags) floatVar(p *float64, name, env string, def float64, usage string) {
+	e.fs.Float64Var(p, name, parseEnv(e, env, def, "a number", func(s string) (float64, error) { return strconv.ParseFloat(s, 64) }), e.usage(usage, env))
 }
 
-func (e *envFlags) Duration(name, env string, def time.Duration, usage string) *time.Duration {
-	if v, ok := e.env(env); ok {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			e.errs = append(e.errs, fmt.Errorf("%s=%q: not a duration (e.g. 30s)", env, v))
-		}
-		def = d
-	}
-	return e.fs.Duration(name, def, e.usage(usage, env))
+func (e *envFlags) durationVar(p *time.Duration, name, env string, def time.Duration, usage string) {
+	e.fs.DurationVar(p, name, parseEnv(e, env, def, "a duration (e.g. 30s)", time.ParseDuration), e.usage(usage, env))
+}
+
+func (e *envFlags) boolVar(p *bool, name, env string, def bool, usage string) {
+	e.fs.BoolVar(p, name, parseEnv(e, env, def, "a boolean", strconv.ParseBool), e.usage(usage, env))
 }
 
 // parse parses args and reports env and flag errors together.

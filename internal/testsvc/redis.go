@@ -108,6 +108,33 @@ func (r *Redis) Start(t testing.TB) {
 	}
 }
 
+// Freeze stops the server process (SIGSTOP) without closing anything: its
+// connections stay open and silent, as across a network partition. Thaw
+// resumes it.
+func (r *Redis) Freeze(t testing.TB) {
+	t.Helper()
+	r.signal(t, syscall.SIGSTOP)
+}
+
+// Thaw resumes a server stopped by Freeze.
+func (r *Redis) Thaw(t testing.TB) {
+	t.Helper()
+	r.signal(t, syscall.SIGCONT)
+}
+
+func (r *Redis) signal(t testing.TB, sig syscall.Signal) {
+	t.Helper()
+	r.mu.Lock()
+	cmd := r.cmd
+	r.mu.Unlock()
+	if cmd == nil {
+		t.Fatalf("testsvc: redis: %v: server not running", sig)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("testsvc: redis: %v: %v", sig, err)
+	}
+}
+
 // Close kills the server and removes its directory. It is idempotent.
 func (r *Redis) Close() error {
 	r.mu.Lock()

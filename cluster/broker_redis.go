@@ -1,0 +1,672 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatd/chatd/chat"
+)
+
+// RedisBrokerConfig configures a RedisBroker. The zero value of each field
+// picks the default given in its comment; Client or URL is required.
+type RedisBrokerConfig struct {
+	// Client is the Redis client to publish with and to open the pub/sub
+	// connection from. The broker does not close it. Two of its options
+	// matter:
+	//   - ContextTimeoutEnabled: without it, go-redis ignores context
+	//     deadlines on the socket, so Publish, Subscribe and Ping against an
+	//     unresponsive Redis take its ReadTimeout or DialTimeout (seconds)
+	//     whatever ctx says. Set it; the broker logs a warning otherwise.
+	//   - MaxRetries: with retries on (go-redis's default), a publication
+	//     whose reply was lost to a broken connection is sent again, which
+	//     the publish script recognises for messages with an id (same id,
+	//     same data: reported as published, not published twice), but not
+	//     for frames without one, which may then be delivered twice. -1
+	//     makes every publication exactly-once, at the price of an error
+	//     instead of a retry on a stale connection.
+	// Nil: a client is made from URL.
+	Client *redis.Client
+	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
+	// Client is nil. The broker owns that client, closes it in Close, and
+	// sets ContextTimeoutEnabled and MaxRetries -1 on it.
+	URL string
+	// Prefix starts every key and channel name the broker uses:
+	// "<Prefix>:room:<room>" is a room's channel and "<Prefix>:last:<room>"
+	// holds its last message id. Every node of a cluster must use the same
+	// Prefix. Zero: "chatd".
+	Prefix string
+	// Logger receives the broker's logs. Nil: discard.
+	Logger *slog.Logger
+	// LastIDTTL is how long a room's last message id is kept after the
+	// room's latest message; after that, any id is accepted again. It must
+	// outlast clock skew between nodes. Zero: 24 h.
+	LastIDTTL time.Duration
+	// PingInterval is how often the pub/sub connection is pinged. A
+	// connection that delivers nothing, not even a pong, for three intervals
+	// is taken for dead and replaced. Zero: 5 s.
+	PingInterval time.Duration
+	// OpTimeout bounds each SUBSCRIBE, UNSUBSCRIBE and PING written to the
+	// pub/sub connection, a new connection's dial included. Zero: 5 s.
+	OpTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the pause between attempts to reach
+	// Redis again after the pub/sub connection failed; the pause doubles
+	// from MinBackoff up to MaxBackoff, with jitter. Zero: 50 ms and 2 s.
+	MinBackoff, MaxBackoff time.Duration
+}
+
+func (c *RedisBrokerConfig) setDefaults() error {
+	if c.Prefix == "" {
+		c.Prefix = "chatd"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.LastIDTTL == 0 {
+		c.LastIDTTL = 24 * time.Hour
+	}
+	if c.PingInterval == 0 {
+		c.PingInterval = 5 * time.Second
+	}
+	if c.OpTimeout == 0 {
+		c.OpTimeout = 5 * time.Second
+	}
+	if c.MinBackoff == 0 {
+		c.MinBackoff = 50 * time.Millisecond
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = 2 * time.Second
+	}
+	switch {
+	case c.Client == nil && c.URL == "":
+		return errors.New("cluster: redis broker: a Client or URL is required")
+	case c.LastIDTTL < time.Millisecond:
+		return errors.New("cluster: redis broker: LastIDTTL must be at least 1ms")
+	case c.PingInterval < 0, c.OpTimeout < 0, c.MinBackoff < 0, c.MaxBackoff < 0:
+		return errors.New("cluster: redis broker: durations must not be negative")
+	case c.MinBackoff > c.MaxBackoff:
+		return errors.New("cluster: redis broker: MinBackoff is greater than MaxBackoff")
+	}
+	return nil
+}
+
+// ErrBrokerClosed is returned by the methods of a closed RedisBroker.
+var ErrBrokerClosed = errors.New("cluster: redis broker closed")
+
+// errNotRunning is returned by Subscribe before Run: nothing would confirm
+// the subscription.
+var errNotRunning = errors.New("cluster: redis broker not running (call Run)")
+
+// RedisBroker is the Broker of a cluster whose nodes share one Redis server.
+//
+// Publish runs one Lua script that checks the message id against the room's
+// last id and PUBLISHes in the same atomic step, so the order Redis accepts
+// publications in is the order every node receives them in. Each node holds
+// one pub/sub connection for all its rooms, subscribed to a room while the
+// room has local subscribers; one goroutine reads it and calls the handler in
+// order. When the connection fails (Redis restarts, the network drops), the
+// node keeps running: Publish and new Subscribes fail, Ping reports it, and
+// the connection is re-established with backoff and every room subscribed
+// again, without the caller's help. Publications made while a node was cut
+// off are not replayed to it: Redis pub/sub keeps no backlog.
+//
+// Its methods are safe for concurrent use.
+type RedisBroker struct {
+	cfg        RedisBrokerConfig
+	log        *slog.Logger
+	client     *redis.Client
+	ownsClient bool
+	handler    chat.BrokerHandler
+	ps         *redis.PubSub
+	chanPrefix string // "<Prefix>:room:"
+	keyPrefix  string // "<Prefix>:last:"
+	ttlMillis  int64
+
+	wake      chan struct{} // capacity 1: asks the sync loop for a round
+	done      chan struct{} // closed by Close
+	isClosed  atomic.Bool
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+
+	// relayDown is set while the pub/sub connection is failing.
+	relayDown atomic.Bool
+
+	// mu guards the fields below. It is never held across network I/O or a
+	// call of the handler.
+	mu      sync.Mutex
+	running bool
+	closed  bool
+	rooms   map[string]*redisRoom
+	dirty   map[string]struct{} // rooms whose Redis subscription may need a change
+	// Rounds: the sync loop numbers each batch of SUBSCRIBE/UNSUBSCRIBE it
+	// writes and ends it with PING "<barrierPrefix><round>". Redis runs a
+	// connection's commands in order, so the pong proves every change of
+	// that round (and before) is in effect.
+	round     uint64        // the latest round the sync loop started
+	acked     uint64        // the latest round whose pong arrived
+	failed    uint64        // the latest round that could not be written
+	failedErr error         // why round failed
+	changed   chan struct{} // closed and replaced when acked, failed or closed change
+
+	published     atomic.Int64
+	publishErrors atomic.Int64
+	outOfOrder    atomic.Int64
+	received      atomic.Int64
+	reconnects    atomic.Int64
+}
+
+// redisRoom is the local subscription state of one room.
+type redisRoom struct {
+	count  int    // Subscribe calls not undone yet
+	issued bool   // SUBSCRIBE was written last (the room is in the pub/sub channel set)
+	ready  uint64 // the round whose pong makes the room's subscription live
+}
+
+// barrierPrefix starts the payload of the sync loop's pings.
+const barrierPrefix = "chatd-barrier:"
+
+// subscribeBatch bounds the channels of one SUBSCRIBE or UNSUBSCRIBE.
+const subscribeBatch = 512
+
+var _ chat.Broker = (*RedisBroker)(nil)
+
+// publishScript publishes ARGV[2] to channel ARGV[3]. For a non-empty id
+// ARGV[1], it first compares the id with the room's last one, kept in KEYS[1]
+// as "<id> <sha1 of data>" for ARGV[4] milliseconds: ids compare byte-wise
+// (not with Lua's locale-dependent operators). It returns {1} when published,
+// {0, last} when the id is not after last (nothing published), and {2} when
+// the id and data are exactly the room's last publication, i.e. a command
+// retried after its reply was lost (nothing published again).
+var publishScript = redis.NewScript(`
+local function before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local id = ARGV[1]
+if id ~= '' then
+  local sum = redis.sha1hex(ARGV[2])
+  local cur = redis.call('GET', KEYS[1])
+  if cur then
+    local last, lastSum = string.match(cur, '^(%S*) ?(%S*)$')
+    if id == last and sum == lastSum then
+      return {2}
+    end
+    if not before(last, id) then
+      return {0, last}
+    end
+  end
+  redis.call('SET', KEYS[1], id .. ' ' .. sum, 'PX', ARGV[4])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return {1}
+`)
+
+// NewRedisBroker returns a broker that delivers the rooms this node
+// subscribes to to handler. It does not contact Redis; Run starts it.
+func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBroker, error) {
+	if handler == nil {
+		return nil, errors.New("cluster: redis broker: nil handler")
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	b := &RedisBroker{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		client:     cfg.Client,
+		handler:    handler,
+		chanPrefix: cfg.Prefix + ":room:",
+		keyPrefix:  cfg.Prefix + ":last:",
+		ttlMillis:  cfg.LastIDTTL.Milliseconds(),
+		wake:       make(chan struct{}, 1),
+		done:       make(chan struct{}),
+		rooms:      make(map[string]*redisRoom),
+		dirty:      make(map[string]struct{}),
+		changed:    make(chan struct{}),
+	}
+	if b.client == nil {
+		opt, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("cluster: redis broker: %w", err)
+		}
+		opt.MaxRetries = -1
+		opt.ContextTimeoutEnabled = true
+		b.client = redis.NewClient(opt)
+		b.ownsClient = true
+	} else if !b.client.Options().ContextTimeoutEnabled {
+		b.log.Warn("redis broker: the Redis client ignores context deadlines (ContextTimeoutEnabled is off): relay calls may outlast their timeouts while Redis hangs")
+	}
+	b.ps = b.client.Subscribe(context.Background()) // no channels: no connection yet
+	return b, nil
+}
+
+// Run starts the goroutines that keep the pub/sub connection and deliver
+// its messages. It does not block and does not wait for Redis: while Redis
+// is unreachable the broker keeps trying. Run may be called once.
+func (b *RedisBroker) Run() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case b.closed:
+		return ErrBrokerClosed
+	case b.running:
+		return errors.New("cluster: redis broker already running")
+	}
+	b.running = true
+	b.wg.Add(2)
+	go b.receiveLoop()
+	go b.syncLoop()
+	return nil
+}
+
+// Close stops the broker: pending Subscribes fail, its goroutines end
+// before Close returns, and later calls fail with ErrBrokerClosed. It closes
+// the Redis client only if the broker made it (from URL). Close is
+// idempotent.
+func (b *RedisBroker) Close() error {
+	var err error
+	b.closeOnce.Do(func() {
+		b.isClosed.Store(true)
+		b.mu.Lock()
+		b.closed = true
+		b.notifyLocked()
+		b.mu.Unlock()
+		close(b.done)
+		// Closing the pub/sub connection ends a receive in progress.
+		b.ps.Close()
+		b.wg.Wait()
+		if b.ownsClient {
+			if cerr := b.client.Close(); cerr != nil {
+				err = fmt.Errorf("cluster: redis broker: %w", cerr)
+			}
+		}
+	})
+	return err
+}
+
+// Publish implements chat.Broker with one atomic script on Redis: the id
+// check, the update of the room's last id and the PUBLISH. It returns an
+// error, and nothing is published, when Redis cannot be reached within ctx.
+// A nil error means Redis accepted the publication: every node subscribed
+// to the room at that moment receives it, unless its connection to Redis
+// fails before the message is read.
+func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte) error {
+	if b.isClosed.Load() {
+		return ErrBrokerClosed
+	}
+	res, err := publishScript.Run(ctx, b.client, []string{b.keyPrefix + room},
+		id, data, b.chanPrefix+room, b.ttlMillis).Slice()
+	if err != nil {
+		b.publishErrors.Add(1)
+		return fmt.Errorf("cluster: redis publish to room %s: %w", room, err)
+	}
+	status, _ := res[0].(int64)
+	switch status {
+	case 1, 2:
+		b.published.Add(1)
+		return nil
+	case 0:
+		b.outOfOrder.Add(1)
+		last := ""
+		if len(res) > 1 {
+			last, _ = res[1].(string)
+		}
+		return &chat.OutOfOrderError{Last: last}
+	}
+	b.publishErrors.Add(1)
+	return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
+}
+
+// Subscribe implements chat.Broker. The first Subscribe of a room (since
+// its last Unsubscribe) returns once Redis has processed the room's
+// SUBSCRIBE on this node's pub/sub connection; later ones return at once
+// when that has happened. It fails, undoing itself, when ctx ends first or
+// Redis cannot be reached. It must follow Run.
+func (b *RedisBroker) Subscribe(ctx context.Context, room string) error {
+	b.mu.Lock()
+	switch {
+	case b.closed:
+		b.mu.Unlock()
+		return ErrBrokerClosed
+	case !b.running:
+		b.mu.Unlock()
+		return errNotRunning
+	}
+	r := b.rooms[room]
+	if r == nil {
+		r = &redisRoom{}
+		b.rooms[room] = r
+	}
+	r.count++
+	if r.count == 1 {
+		// Whatever the pub/sub connection was told before, the next round
+		// starts after this and settles the room.
+		r.ready = b.round + 1
+		b.dirty[room] = struct{}{}
+	}
+	need := r.ready
+	b.mu.Unlock()
+	b.signal()
+
+	if err := b.waitRound(ctx, need); err != nil {
+		b.release(room)
+		return fmt.Errorf("cluster: redis subscribe to room %s: %w", room, err)
+	}
+	return nil
+}
+
+// Unsubscribe implements chat.Broker. It does not wait for Redis: delivery
+// to the handler stops when the last Unsubscribe returns, and the UNSUBSCRIBE
+// follows. Unsubscribing a room that is not subscribed, or after Close, does
+// nothing.
+func (b *RedisBroker) Unsubscribe(_ context.Context, room string) error {
+	b.release(room)
+	return nil
+}
+
+// release undoes one Subscribe of room.
+func (b *RedisBroker) release(room string) {
+	b.mu.Lock()
+	r := b.rooms[room]
+	if r == nil || r.count == 0 {
+		b.mu.Unlock()
+		return
+	}
+	r.count--
+	if r.count == 0 {
+		b.dirty[room] = struct{}{}
+	}
+	b.mu.Unlock()
+	b.signal()
+}
+
+// Ping reports whether the broker can relay: the pub/sub connection is up
+// (known without I/O) and Redis answers PING within ctx. It is meant for
+// readiness checks.
+func (b *RedisBroker) Ping(ctx context.Context) error {
+	if b.isClosed.Load() {
+		return ErrBrokerClosed
+	}
+	if b.relayDown.Load() {
+		return errors.New("cluster: redis pub/sub connection is down")
+	}
+	if err := b.client.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("cluster: redis ping: %w", err)
+	}
+	return nil
+}
+
+// RedisBrokerStats are a RedisBroker's counters since it was made.
+type RedisBrokerStats struct {
+	// Published counts publications Redis accepted.
+	Published int64 `json:"published"`
+	// PublishErrors counts Publish calls that failed to reach Redis (or got
+	// an unexpected reply); OutOfOrder ones are not errors.
+	PublishErrors int64 `json:"publish_errors"`
+	// OutOfOrder counts Publish calls refused with *chat.OutOfOrderError.
+	OutOfOrder int64 `json:"out_of_order"`
+	// Received counts publications delivered to the handler.
+	Received int64 `json:"received"`
+	// Reconnects counts recoveries of the pub/sub connection after a failure.
+	Reconnects int64 `json:"reconnects"`
+	// Rooms is how many rooms this node subscribes to now.
+	Rooms int `json:"rooms"`
+}
+
+// Stats returns the broker's counters.
+func (b *RedisBroker) Stats() RedisBrokerStats {
+	s := RedisBrokerStats{
+		Published:     b.published.Load(),
+		PublishErrors: b.publishErrors.Load(),
+		OutOfOrder:    b.outOfOrder.Load(),
+		Received:      b.received.Load(),
+		Reconnects:    b.reconnects.Load(),
+	}
+	b.mu.Lock()
+	for _, r := range b.rooms {
+		if r.count > 0 {
+			s.Rooms++
+		}
+	}
+	b.mu.Unlock()
+	return s
+}
+
+// signal asks the sync loop for a round, without blocking.
+func (b *RedisBroker) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// notifyLocked wakes everyone waiting for a change of acked, failed or
+// closed. b.mu must be held.
+func (b *RedisBroker) notifyLocked() {
+	close(b.changed)
+	b.changed = make(chan struct{})
+}
+
+// waitRound waits until round need (or a later one) is acknowledged by
+// Redis; it fails when such a round failed first, the broker closes or ctx
+// ends.
+func (b *RedisBroker) waitRound(ctx context.Context, need uint64) error {
+	for {
+		b.mu.Lock()
+		acked, failed, failedErr, closed, changed := b.acked, b.failed, b.failedErr, b.closed, b.changed
+		b.mu.Unlock()
+		switch {
+		case acked >= need:
+			return nil
+		case closed:
+			return ErrBrokerClosed
+		case failed >= need:
+			return failedErr
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// syncLoop brings the pub/sub connection's subscriptions in line with the
+// rooms' counts, one round at a time, when asked and every PingInterval
+// (which also keeps an idle connection proven alive). It alone writes
+// SUBSCRIBE and UNSUBSCRIBE, so a room's commands reach Redis in the order
+// its counts changed.
+func (b *RedisBroker) syncLoop() {
+	defer b.wg.Done()
+	tick := time.NewTicker(b.cfg.PingInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-b.wake:
+		case <-tick.C:
+		}
+		b.syncRound()
+	}
+}
+
+// syncRound runs one round: it writes the subscription changes collected
+// since the last round, then the round's barrier ping.
+func (b *RedisBroker) syncRound() {
+	var subs, unsubs []string
+	b.mu.Lock()
+	b.round++
+	round := b.round
+	for name := range b.dirty {
+		r := b.rooms[name]
+		switch {
+		case r == nil:
+		case r.count > 0 && !r.issued:
+			subs = append(subs, b.chanPrefix+name)
+			r.issued = true
+		case r.count == 0 && r.issued:
+			unsubs = append(unsubs, b.chanPrefix+name)
+			delete(b.rooms, name)
+		case r.count == 0:
+			delete(b.rooms, name)
+		}
+	}
+	clear(b.dirty)
+	b.mu.Unlock()
+
+	// go-redis records the channels of a failed SUBSCRIBE too, and sends
+	// SUBSCRIBE for all it records on every new connection: an error here
+	// does not lose the room, it only fails this round's waiters.
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.OpTimeout)
+	defer cancel()
+	var err error
+	for chunk := range chunks(subs) {
+		err = errors.Join(err, b.ps.Subscribe(ctx, chunk...))
+	}
+	for chunk := range chunks(unsubs) {
+		err = errors.Join(err, b.ps.Unsubscribe(ctx, chunk...))
+	}
+	if err == nil {
+		err = b.ps.Ping(ctx, barrierPrefix+strconv.FormatUint(round, 10))
+	}
+	if err != nil {
+		if b.isClosed.Load() {
+			return
+		}
+		b.log.Debug("redis broker: subscription round failed", "round", round, "err", err)
+		b.mu.Lock()
+		if round > b.failed {
+			b.failed, b.failedErr = round, err
+			b.notifyLocked()
+		}
+		b.mu.Unlock()
+	}
+}
+
+// chunks splits s into slices of at most subscribeBatch elements.
+func chunks(s []string) func(yield func([]string) bool) {
+	return func(yield func([]string) bool) {
+		for len(s) > 0 {
+			n := min(len(s), subscribeBatch)
+			if !yield(s[:n]) {
+				return
+			}
+			s = s[n:]
+		}
+	}
+}
+
+// receiveLoop reads the pub/sub connection and hands each publication of a
+// subscribed room to the handler, in the order Redis sent them. A read
+// fails after three PingIntervals of silence, and go-redis then replaces
+// the connection (SUBSCRIBE-ing every recorded channel on the new one); on
+// any failure the loop pauses with backoff before reading again.
+func (b *RedisBroker) receiveLoop() {
+	defer b.wg.Done()
+	readTimeout := 3 * b.cfg.PingInterval
+	failures := 0
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
+		msg, err := b.ps.Receive(ctx)
+		cancel()
+		if err != nil {
+			if b.isClosed.Load() {
+				return
+			}
+			failures++
+			if failures == 1 {
+				b.relayDown.Store(true)
+				b.log.Warn("redis broker: pub/sub connection failed; reconnecting", "err", err)
+			}
+			// The pong of a round written to the lost connection will
+			// never come: a new round settles its waiters either way.
+			b.signal()
+			if !b.pause(failures) {
+				return
+			}
+			continue
+		}
+		if failures > 0 {
+			b.reconnects.Add(1)
+			b.relayDown.Store(false)
+			b.log.Info("redis broker: pub/sub connection restored", "failed_attempts", failures)
+			failures = 0
+			b.signal()
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			b.deliver(m)
+		case *redis.Pong:
+			if s, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
+				if round, err := strconv.ParseUint(s, 10, 64); err == nil {
+					b.ack(round)
+				}
+			}
+		case *redis.Subscription:
+			// Confirmations are covered by the rounds' pongs.
+		}
+	}
+}
+
+// pause sleeps before the next attempt after failures consecutive ones:
+// MinBackoff doubled per failure up to MaxBackoff, minus up to half of it
+// in jitter. It reports false when the broker closed meanwhile.
+func (b *RedisBroker) pause(failures int) bool {
+	d := b.cfg.MinBackoff
+	for i := 1; i < failures && d < b.cfg.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, b.cfg.MaxBackoff)
+	if d > 1 {
+		d -= rand.N(d / 2)
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-b.done:
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// deliver hands m to the handler if its room is subscribed on this node.
+func (b *RedisBroker) deliver(m *redis.Message) {
+	room, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	r := b.rooms[room]
+	live := r != nil && r.count > 0
+	b.mu.Unlock()
+	if !live {
+		return
+	}
+	b.received.Add(1)
+	b.handler(room, []byte(m.Payload))
+}
+
+// ack records that round's pong arrived.
+func (b *RedisBroker) ack(round uint64) {
+	b.mu.Lock()
+	if round > b.acked {
+		b.acked = round
+		b.notifyLocked()
+	}
+	b.mu.Unlock()
+}

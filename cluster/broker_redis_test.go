@@ -1,0 +1,500 @@
+package cluster_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/chat/chattest"
+	"github.com/chatd/chatd/cluster"
+	"github.com/chatd/chatd/internal/testsvc"
+)
+
+// startBroker makes and runs a RedisBroker, closed when tb ends.
+func startBroker(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.BrokerHandler) *cluster.RedisBroker {
+	tb.Helper()
+	if cfg.Logger == nil {
+		cfg.Logger = testsvc.Logger(tb)
+	}
+	b, err := cluster.NewRedisBroker(cfg, h)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := b.Run(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := b.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+// redisNodes makes broker nodes that share srv.
+func redisNodes(srv *testsvc.Redis) chattest.NewBrokerNode {
+	return func(t *testing.T, h chat.BrokerHandler) chat.Broker {
+		return startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL()}, h)
+	}
+}
+
+func TestRedisBroker(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	chattest.RunBrokerTests(t, redisNodes(srv))
+}
+
+func TestRedisBrokerCluster(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	chattest.RunClusterBrokerTests(t, redisNodes(srv))
+}
+
+// A client shared with the rest of the node (and its default retries) works
+// too; the broker leaves it open.
+func TestRedisBrokerSharedClient(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	client := redisClient(t, srv)
+	rec := chattest.NewRecorder()
+	b := startBroker(t, cluster.RedisBrokerConfig{Client: client, Prefix: "other"}, rec.Handle)
+	ctx := context.Background()
+	if err := b.Subscribe(ctx, "lobby"); err != nil {
+		t.Fatal(err)
+	}
+	id := chattest.NextID("")
+	if err := b.Publish(ctx, "lobby", id, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitData(t, "lobby", []byte("hi"))
+	if got, err := client.Get(ctx, "other:last:lobby").Result(); err != nil || len(got) < len(id) || got[:len(id)] != id {
+		t.Fatalf("last id key = %q, %v; want it to start with %s", got, err, id)
+	}
+	// The same publication again (a go-redis retry after a lost reply) is
+	// not published twice.
+	if err := b.Publish(ctx, "lobby", id, []byte("hi")); err != nil {
+		t.Fatalf("repeated publication: %v", err)
+	}
+	if err := b.Publish(ctx, "lobby", chattest.NextID(id), []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	rec.WaitData(t, "lobby", []byte("after"))
+	if n := len(rec.Room("lobby")); n != 2 {
+		t.Fatalf("%d deliveries, want 2: %q", n, rec.Room("lobby"))
+	}
+	b.Close()
+	if err := client.Ping(ctx).Err(); err != nil {
+		t.Fatalf("shared client closed by the broker: %v", err)
+	}
+}
+
+func TestRedisBrokerLifecycleErrors(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	h := func(string, []byte) {}
+	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{}, h); err == nil {
+		t.Fatal("NewRedisBroker without Client or URL: no error")
+	}
+	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: "http://x"}, h); err == nil {
+		t.Fatal("NewRedisBroker with a bad URL: no error")
+	}
+	b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL()}, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := b.Subscribe(ctx, "lobby"); err == nil {
+		t.Fatal("Subscribe before Run: no error")
+	}
+	if err := b.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Run(); err == nil {
+		t.Fatal("second Run: no error")
+	}
+	if err := b.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+	if err := b.Publish(ctx, "lobby", "", []byte("x")); !errors.Is(err, cluster.ErrBrokerClosed) {
+		t.Fatalf("Publish after Close: %v", err)
+	}
+	if err := b.Subscribe(ctx, "lobby"); !errors.Is(err, cluster.ErrBrokerClosed) {
+		t.Fatalf("Subscribe after Close: %v", err)
+	}
+	if err := b.Ping(ctx); !errors.Is(err, cluster.ErrBrokerClosed) {
+		t.Fatalf("Ping after Close: %v", err)
+	}
+	if err := b.Unsubscribe(ctx, "lobby"); err != nil {
+		t.Fatalf("Unsubscribe after Close: %v", err)
+	}
+}
+
+// A Redis crash: the node keeps running and reports the outage; when Redis
+// is back, every earlier subscription delivers again without the node's
+// help.
+func TestRedisBrokerSurvivesRedisRestart(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	const nodes = 3
+	recs := make([]*chattest.Recorder, nodes)
+	bs := make([]*cluster.RedisBroker, nodes)
+	rooms := []string{"lobby", "ops", "random"}
+	for i := range bs {
+		recs[i] = chattest.NewRecorder()
+		bs[i] = startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL()}, recs[i].Handle)
+		for _, room := range rooms {
+			if err := bs[i].Subscribe(context.Background(), room); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish := func(b *cluster.RedisBroker, room string, data []byte) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		return b.Publish(ctx, room, "", data)
+	}
+	for _, room := range rooms {
+		if err := publish(bs[0], room, []byte("before")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, rec := range recs {
+		for _, room := range rooms {
+			rec.WaitData(t, room, []byte("before"))
+		}
+	}
+
+	srv.Stop(t)
+	start := time.Now()
+	err := publish(bs[1], "lobby", []byte("during"))
+	var ooe *chat.OutOfOrderError
+	if err == nil || errors.As(err, &ooe) {
+		t.Fatalf("Publish while Redis is down: err %v, want a relay error", err)
+	}
+	t.Logf("Publish while Redis is down failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	for i, b := range bs {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		if err := b.Ping(ctx); err == nil {
+			t.Errorf("node %d: Ping while Redis is down: no error", i)
+		}
+		cancel()
+	}
+	// A new subscription fails instead of hanging.
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	start = time.Now()
+	if err := bs[2].Subscribe(ctx, "newroom"); err == nil {
+		t.Fatal("Subscribe while Redis is down: no error")
+	} else {
+		t.Logf("Subscribe while Redis is down failed after %v: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	cancel()
+	// Let the reconnect loops spin for a while.
+	time.Sleep(1500 * time.Millisecond)
+	if st := bs[1].Stats(); st.PublishErrors == 0 {
+		t.Errorf("stats after a failed publish: %+v", st)
+	}
+
+	srv.Start(t)
+	restarted := time.Now()
+	// Publish probes until every node has one in every room.
+	deadline := time.Now().Add(15 * time.Second)
+	for i := 0; ; i++ {
+		probe := fmt.Appendf(nil, "probe %d", i)
+		for _, room := range rooms {
+			_ = publish(bs[i%nodes], room, probe)
+		}
+		all := true
+		for _, rec := range recs {
+			for _, room := range rooms {
+				all = all && len(rec.Room(room)) > 1
+			}
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			for n, rec := range recs {
+				for _, room := range rooms {
+					t.Logf("node %d room %s: %q", n, room, rec.Room(room))
+				}
+			}
+			t.Fatal("relay did not resume within 15s of Redis coming back")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("relay resumed on every node %v after Redis restarted", time.Since(restarted).Round(time.Millisecond))
+
+	// Order checking works again, on a fresh Redis, and delivery is exactly once.
+	id := chattest.NextID("")
+	if err := publish(bs[0], "ops", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := bs[0].Publish(ctx, "lobby", id, []byte("final")); err != nil {
+		t.Fatal(err)
+	}
+	for i, rec := range recs {
+		rec.WaitData(t, "lobby", []byte("final"))
+		n := 0
+		for _, d := range rec.Room("lobby") {
+			if string(d) == "final" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("node %d: final delivered %d times", i, n)
+		}
+	}
+	for i, b := range bs {
+		waitPing(t, b)
+		st := b.Stats()
+		if st.Reconnects == 0 || st.Rooms != len(rooms) {
+			t.Errorf("node %d stats after the restart: %+v", i, st)
+		}
+		t.Logf("node %d stats: %+v", i, st)
+	}
+	// The subscription that failed during the outage left nothing behind.
+	if err := bs[0].Publish(ctx, "newroom", "", []byte("nobody")); err != nil {
+		t.Fatal(err)
+	}
+	if err := bs[0].Publish(ctx, "lobby", "", []byte("sentinel")); err != nil {
+		t.Fatal(err)
+	}
+	recs[2].WaitData(t, "lobby", []byte("sentinel"))
+	time.Sleep(100 * time.Millisecond)
+	if recs[2].Has("newroom", []byte("nobody")) {
+		t.Fatal("failed Subscribe still delivers")
+	}
+}
+
+// A Redis that stops answering without closing connections (a partition, a
+// frozen server): the silent pub/sub connection is detected and replaced,
+// and relay resumes when Redis answers again.
+func TestRedisBrokerSurvivesSilentRedis(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	cfg := cluster.RedisBrokerConfig{URL: srv.URL(), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second}
+	rec0, rec1 := chattest.NewRecorder(), chattest.NewRecorder()
+	b0 := startBroker(t, cfg, rec0.Handle)
+	b1 := startBroker(t, cfg, rec1.Handle)
+	ctx := context.Background()
+	for _, b := range []*cluster.RedisBroker{b0, b1} {
+		if err := b.Subscribe(ctx, "lobby"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv.Freeze(t)
+	t.Logf("frozen")
+	thawed := false
+	defer func() {
+		if !thawed {
+			srv.Thaw(t)
+		}
+	}()
+	// Three ping intervals of silence mark the relay down.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		err := b0.Ping(pctx)
+		cancel()
+		if err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Ping still succeeds 5s into a frozen Redis")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	srv.Thaw(t)
+	t.Logf("thawed")
+	thawed = true
+	deadline = time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		data := fmt.Appendf(nil, "probe %d", i)
+		_ = b1.Publish(pctx, "lobby", "", data)
+		cancel()
+		if len(rec0.Room("lobby")) > 0 && len(rec1.Room("lobby")) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("relay did not resume within 10s of Redis answering again")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	waitPing(t, b0)
+	if st := b0.Stats(); st.Reconnects == 0 {
+		t.Errorf("no reconnect counted: %+v", st)
+	}
+}
+
+// Close stops every goroutine the broker started, its own client's
+// included, even while Redis is down.
+func TestRedisBrokerCloseStopsGoroutines(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	before := runtime.NumGoroutine()
+	for _, down := range []bool{false, true} {
+		var bs []*cluster.RedisBroker
+		for range 3 {
+			b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL(), Logger: testsvc.Logger(t)}, func(string, []byte) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Run(); err != nil {
+				t.Fatal(err)
+			}
+			bs = append(bs, b)
+			for i := range 5 {
+				if err := b.Subscribe(context.Background(), fmt.Sprintf("room%d", i)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := b.Publish(context.Background(), "room0", "", []byte("x")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if down {
+			srv.Stop(t)
+			time.Sleep(300 * time.Millisecond)
+		}
+		start := time.Now()
+		var wg sync.WaitGroup
+		for _, b := range bs {
+			wg.Go(func() {
+				if err := b.Close(); err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		if d := time.Since(start); d > 3*time.Second {
+			t.Errorf("Close (Redis down: %v) took %v", down, d)
+		}
+		waitGoroutines(t, before)
+	}
+	srv.Start(t)
+}
+
+func waitGoroutines(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= want {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", n, want, buf)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func waitPing(t *testing.T, b *cluster.RedisBroker) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		err := b.Ping(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Ping still failing: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkRedisPublish measures relay throughput through one Redis:
+// 200-byte publications from 8 publishers per core spread over the nodes and
+// 64 rooms, each delivered to every node. With ids, each is a chat message
+// (order check, last id update and PUBLISH in the script, retried on
+// OutOfOrderError); without, a frame such as a presence diff. msgs/s counts
+// publications accepted and delivered everywhere, deliveries/s handler calls.
+func BenchmarkRedisPublish(b *testing.B) {
+	srv := testsvc.StartRedis(b)
+	for _, bc := range []struct {
+		nodes   int
+		withIDs bool
+	}{{1, true}, {3, true}, {1, false}} {
+		nodes, withIDs := bc.nodes, bc.withIDs
+		b.Run(fmt.Sprintf("nodes=%d/ids=%v", nodes, withIDs), func(b *testing.B) {
+			var delivered atomic.Int64
+			bs := make([]*cluster.RedisBroker, nodes)
+			for i := range bs {
+				bs[i] = startBroker(b, cluster.RedisBrokerConfig{URL: srv.URL(), Logger: testsvc.Logger(b)},
+					func(string, []byte) { delivered.Add(1) })
+			}
+			const rooms = 64
+			prefix := chattest.RoomName()
+			for r := range rooms {
+				for _, br := range bs {
+					if err := br.Subscribe(context.Background(), fmt.Sprintf("%s-%d", prefix, r)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+			payload := make([]byte, 200)
+			for i := range payload {
+				payload[i] = 'a' + byte(i%26)
+			}
+			var next atomic.Int64
+			b.SetParallelism(8)
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				g := next.Add(1)
+				br := bs[int(g)%nodes]
+				room := fmt.Sprintf("%s-%d", prefix, g%rooms)
+				after := ""
+				for pb.Next() {
+					id, err := after, error(nil)
+					if withIDs {
+						id, err = chattest.PublishMessage(context.Background(), br, room, after, func(string) []byte { return payload })
+					} else {
+						err = br.Publish(context.Background(), room, "", payload)
+					}
+					if err != nil {
+						b.Error(err)
+						return
+					}
+					after = id
+				}
+			})
+			want := int64(b.N * nodes)
+			deadline := time.Now().Add(30 * time.Second)
+			for delivered.Load() < want {
+				if time.Now().After(deadline) {
+					b.Fatalf("%d of %d deliveries after 30s", delivered.Load(), want)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			elapsed := time.Since(start)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+			b.ReportMetric(float64(want)/elapsed.Seconds(), "deliveries/s")
+		})
+	}
+}
+
+// redisClient is a client for srv as a node would share it (go-redis's
+// default retries), closed when tb ends.
+func redisClient(tb testing.TB, srv *testsvc.Redis) *redis.Client {
+	tb.Helper()
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
+	tb.Cleanup(func() { c.Close() })
+	return c
+}

@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/cluster"
+	"github.com/chatd/chatd/server"
+	"github.com/chatd/chatd/store"
+)
+
+// serveConfig is what `chatd serve` reads from flags and CHAT_* variables.
+type serveConfig struct {
+	addr, secret, nodeName, origins, adminToken string
+	maxConns, userBurst, maxBody, maxChannels   int
+	readLimit                                   int
+	userRate                                    float64
+	shutdownWait, drainDelay                    time.Duration
+
+	dbURL                         string
+	migrate                       bool
+	queueSize, workers, batchSize int
+	batchWait                     time.Duration
+
+	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
+
+	logLevel, logFormat string
+}
+
+func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
+	fs := flag.NewFlagSet("chatd serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	f := &envFlags{fs: fs}
+	hostname, _ := os.Hostname()
+	c := &serveConfig{}
+	f.stringVar(&c.addr, "addr", "CHAT_ADDR", ":4000", "HTTP listen address")
+	f.stringVar(&c.secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret of client tokens; empty runs in dev mode")
+	f.stringVar(&c.nodeName, "node-name", "CHAT_NODE_NAME", hostname, "this node's name, unique in the cluster")
+	f.intVar(&c.maxConns, "max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", 5, "connections one user may hold (0: no limit)")
+	f.floatVar(&c.userRate, "user-rate", "CHAT_USER_RATE", 10, "messages per second one user may send (0: no limit)")
+	f.intVar(&c.userBurst, "user-burst", "CHAT_USER_BURST", 20, "burst of the per-user rate limit")
+	f.intVar(&c.maxBody, "max-body", "CHAT_MAX_BODY", 4000, "most characters in a message body")
+	f.intVar(&c.maxChannels, "max-channels", "CHAT_MAX_CHANNELS", 100, "most topics one connection may join")
+	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
+	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
+	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
+	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
+	f.durationVar(&c.drainDelay, "drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
+	f.stringVar(&c.dbURL, "database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
+	f.boolVar(&c.migrate, "migrate", "CHAT_MIGRATE", true, "apply pending migrations at start (under a lock on PostgreSQL)")
+	f.intVar(&c.queueSize, "persist-queue", "CHAT_PERSIST_QUEUE", 10000, "messages that may wait to be written; a full queue answers overloaded")
+	f.intVar(&c.workers, "persist-workers", "CHAT_PERSIST_WORKERS", 4, "goroutines writing batches")
+	f.intVar(&c.batchSize, "persist-batch", "CHAT_PERSIST_BATCH", 100, "most messages in one INSERT")
+	f.durationVar(&c.batchWait, "persist-batch-wait", "CHAT_PERSIST_BATCH_WAIT", 20*time.Millisecond, "how long a batch waits to fill")
+	f.stringVar(&c.redisURL, "redis-url", "CHAT_REDIS_URL", "", "redis:// URL of the relay; empty: a single node with in-memory relay")
+	f.stringVar(&c.clusterAddr, "cluster-addr", "CHAT_CLUSTER_ADDR", ":7946", "memberlist gossip bind address (with CHAT_REDIS_URL)")
+	f.stringVar(&c.clusterJoin, "cluster-join", "CHAT_CLUSTER_JOIN", "", "comma list of seeds: host:port, or a DNS name such as a headless service")
+	f.stringVar(&c.clusterAdvertise, "cluster-advertise", "CHAT_CLUSTER_ADVERTISE", "", "ip or ip:port other nodes reach this node's gossip at (default: picked from the bind address)")
+	f.stringVar(&c.clusterProfile, "cluster-profile", "CHAT_CLUSTER_PROFILE", cluster.ProfileLAN, "failure detection timing: lan, wan or local")
+	f.stringVar(&c.logLevel, "log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
+	f.stringVar(&c.logFormat, "log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
+	if err := f.parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
+	}
+	switch {
+	case c.maxConns < 0, c.userRate < 0:
+		return nil, errors.New("serve: max-conns-per-user and user-rate must not be negative")
+	case c.userBurst < 1, c.maxBody < 1, c.maxChannels < 1:
+		return nil, errors.New("serve: user-burst, max-body and max-channels must be positive")
+	case c.readLimit < 1024:
+		return nil, errors.New("serve: read-limit must be at least 1024 bytes")
+	case c.shutdownWait <= 0:
+		return nil, errors.New("serve: shutdown-timeout must be positive")
+	}
+	if c.nodeName == "" {
+		c.nodeName = "chatd"
+	}
+	return c, nil
+}
+
+// closer is one step of the shutdown, run in order after the HTTP server's.
+type closer struct {
+	name  string
+	close func(ctx context.Context) error
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	c, err := parseServe(args, stderr)
+	if err != nil {
+		return err
+	}
+	// Signals are caught from here on: a SIGTERM during start-up still
+	// shuts down cleanly.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	log, err := newLogger(stderr, c.logLevel, c.logFormat)
+	if err != nil {
+		return err
+	}
+	log = log.With("node", c.nodeName)
+
+	// Resources are released in reverse order of creation, after the HTTP
+	// server and its connections.
+	var closers []closer
+	closeAll := func(ctx context.Context) error {
+		var errs []error
+		for i := len(closers) - 1; i >= 0; i-- {
+			if err := closers[i].close(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", closers[i].name, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	fail := func(err error) error {
+		cctx, cancel := context.WithTimeout(context.Background(), c.shutdownWait)
+		defer cancel()
+		return errors.Join(err, closeAll(cctx))
+	}
+
+	db, err := store.Open(ctx, c.dbURL, log)
+	if err != nil {
+		return err
+	}
+	closers = append(closers, closer{"database", func(context.Context) error { return db.Close() }})
+	if c.migrate {
+		if err := db.MigrateUp(ctx); err != nil {
+			return fail(err)
+		}
+	} else if cur, latest, err := db.SchemaVersion(ctx); err != nil {
+		return fail(err)
+	} else if cur < latest {
+		return fail(fmt.Errorf("serve: database schema is at version %d, this chatd needs %d: run chatd migrate up", cur, latest))
+	}
+	history := store.NewHistory(db)
+	checks := []server.Check{{Name: "database", Check: db.Ping}}
+
+	var newBroker func(chat.BrokerHandler) chat.Broker
+	var redisBroker *cluster.RedisBroker
+	var brokerErr error
+	if c.redisURL != "" {
+		newBroker = func(h chat.BrokerHandler) chat.Broker {
+			redisBroker, brokerErr = cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: c.redisURL, Logger: log}, h)
+			if brokerErr != nil {
+				return chat.NewMemoryBroker(h) // unused: serve fails below
+			}
+			return redisBroker
+		}
+	}
+
+	// The writer is closed after the hub's connections, so that every
+	// accepted message is drained; it is registered before the broker so
+	// that it closes after the relay.
+	writer, err := store.NewWriter(db, store.WriterConfig{
+		QueueSize: c.queueSize,
+		Workers:   c.workers,
+		BatchSize: c.batchSize,
+		BatchWait: c.batchWait,
+	}, log)
+	if err != nil {
+		return fail(err)
+	}
+	closers = append(closers, closer{"persistence queue", writer.Close})
+
+	hub, err := chat.NewHub(chat.Config{
+		NodeName:    c.nodeName,
+		MaxBody:     c.maxBody,
+		MaxChannels: c.maxChannels,
+		ReadLimit:   int64(c.readLimit),
+		UserRate:    c.userRate,
+		UserBurst:   c.userBurst,
+	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker})
+	if err != nil {
+		return fail(err)
+	}
+	if brokerErr != nil {
+		return fail(brokerErr)
+	}
+
+	var membership *cluster.Membership
+	if redisBroker != nil {
+		if err := redisBroker.Run(); err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closer{"redis relay", func(context.Context) error { return redisBroker.Close() }})
+		checks = append(checks, server.Check{Name: "redis", Check: redisBroker.Ping})
+
+		membership, err = cluster.NewMembership(cluster.MembershipConfig{
+			NodeName:      c.nodeName,
+			BindAddr:      c.clusterAddr,
+			AdvertiseAddr: c.clusterAdvertise,
+			Join:          cluster.ParseSeeds(c.clusterJoin),
+			Profile:       c.clusterProfile,
+			Logger:        log,
+			Meta: func() cluster.NodeMeta {
+				st := hub.Stats()
+				return cluster.NodeMeta{HTTPAddr: c.addr, Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms}
+			},
+		})
+		if err != nil {
+			return fail(err)
+		}
+	} else {
+		log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")
+	}
+
+	srv, err := server.New(server.Config{
+		JWTSecret:      []byte(c.secret),
+		AllowedOrigins: splitList(c.origins),
+		AdminToken:     c.adminToken,
+		DrainDelay:     c.drainDelay,
+	}, server.Options{
+		Hub:      hub,
+		Limiter:  chat.NewMemoryConnLimiter(c.maxConns),
+		Logger:   log,
+		Messages: history,
+		Checks:   checks,
+		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	if srv.DevMode() {
+		log.Warn("DEV MODE: no CHAT_JWT_SECRET set; tokens are signed with a public dev secret and anyone can mint one at POST /api/dev/token. Never run a deployment like this.")
+	}
+
+	ln, err := net.Listen("tcp", c.addr)
+	if err != nil {
+		return fail(fmt.Errorf("serve: listen: %w", err))
+	}
+	if membership != nil {
+		if err := membership.Start(ctx); err != nil {
+			ln.Close()
+			return fail(err)
+		}
+		// The node leaves the cluster after its connections are closed
+		// (the relay is still up for their last messages), before the
+		// persistence queue drains.
+		closers = append(closers, closer{"membership", membership.Close})
+	}
+	log.Info("chatd listening", "addr", ln.Addr().String(), "database", db.Dialect(), "cluster", membership != nil)
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+
+	select {
+	case err := <-serveErr:
+		return fail(fmt.Errorf("serve: %w", err))
+	case <-ctx.Done():
+	}
+	stop() // a second signal kills the process
+	log.Info("shutting down", "timeout", c.shutdownWait.String())
+	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownWait)
+	defer cancel()
+	err = srv.Shutdown(sctx)
+	<-serveErr
+	err = errors.Join(err, closeAll(sctx))
+	if err != nil {
+		log.Error("shutdown incomplete", "err", err)
+		return err
+	}
+	log.Info("shutdown complete")
+	return nil
+}
+
+// statsFunc builds the /api/stats document from what this node knows: the
+// cluster as memberlist gossips it, and the local hub and queue.
+func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Membership, rb *cluster.RedisBroker) func(context.Context) any {
+	return func(context.Context) any {
+		st := hub.Stats()
+		ws := writer.Stats()
+		type nodeStats struct {
+			Name        string `json:"name"`
+			Address     string `json:"address"`
+			HTTPAddr    string `json:"http_addr,omitempty"`
+			State       string `json:"state"`
+			Connections int    `json:"connections"`
+			Users       int    `json:"users"`
+			Rooms       int    `json:"rooms"`
+			Local       bool   `json:"local,omitempty"`
+		}
+		var nodes []nodeStats
+		totals := map[string]int{}
+		if ms == nil {
+			nodes = append(nodes, nodeStats{Name: node, State: "alive", Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms, Local: true})
+		} else {
+			for _, m := range ms.Members() {
+				n := nodeStats{Name: m.Name, Address: m.Addr, HTTPAddr: m.Meta.HTTPAddr, State: string(m.State),
+					Connections: m.Meta.Connections, Users: m.Meta.Users, Rooms: m.Meta.Rooms, Local: m.Local}
+				if m.Local { // fresher than the gossiped copy
+					n.Connections, n.Users, n.Rooms = int(st.Connections), st.Users, st.Rooms
+				}
+				nodes = append(nodes, n)
+			}
+		}
+		for _, n := range nodes {
+			if n.State == string(cluster.MemberAlive) {
+				totals["nodes_alive"]++
+				totals["connections"] += n.Connections
+				totals["users"] += n.Users
+			}
+		}
+		doc := map[string]any{
+			"node":   node,
+			"nodes":  nodes,
+			"totals": totals,
+			"local": map[string]any{
+				"connections": st.Connections, "users": st.Users, "rooms": st.Rooms,
+				"messages_in": st.MessagesIn, "deliveries": st.Deliveries, "slow_consumers": st.SlowConsumers,
+			},
+			"persistence": map[string]any{
+				"queue_depth":    ws.QueueDepth,
+				"queue_capacity": ws.QueueCapacity,
+				"pending":        ws.Pending(),
+				"lag_seconds":    ws.Lag.Seconds(),
+				"written":        ws.Written,
+				"batches":        ws.Batches,
+				"retries":        ws.Retries,
+				"failures":       ws.Failures,
+				"rejected":       ws.Rejected,
+			},
+		}
+		if rb != nil {
+			doc["relay"] = rb.Stats()
+		}
+		return doc
+	}
+}
