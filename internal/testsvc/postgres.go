@@ -52,6 +52,7 @@ type Postgres struct {
 	port    int
 	dbName  string // the fresh database URL points at
 	cred    *syscall.Credential
+	hold    *portHold // the port, while stopped
 
 	dbSeq atomic.Int64
 
@@ -185,12 +186,19 @@ func (p *Postgres) Stop(t testing.TB) {
 	if err := p.stopProcess(); err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
+	hold, err := holdPort(p.port)
+	if err != nil {
+		t.Fatalf("testsvc: postgres: %v", err)
+	}
+	p.hold = hold
 }
 
 // Start starts a stopped server again on the same port and data directory
 // and waits until it accepts connections.
 func (p *Postgres) Start(t testing.TB) {
 	t.Helper()
+	p.hold.release()
+	p.hold = nil
 	if err := p.start(); err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
@@ -205,6 +213,7 @@ func (p *Postgres) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
+	p.hold.release()
 	err := p.stopProcess()
 	if rmErr := os.RemoveAll(p.dir); rmErr != nil && err == nil {
 		err = fmt.Errorf("postgres: %w", rmErr)

@@ -30,6 +30,7 @@ type Redis struct {
 	dir     string // working directory; holds redis.log
 	logPath string
 	port    int
+	hold    *portHold // the port, while stopped
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -97,12 +98,19 @@ func (r *Redis) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Ito
 func (r *Redis) Stop(t testing.TB) {
 	t.Helper()
 	r.kill()
+	hold, err := holdPort(r.port)
+	if err != nil {
+		t.Fatalf("testsvc: redis: %v", err)
+	}
+	r.hold = hold
 }
 
 // Start starts a stopped server again on the same port and waits until it
 // answers PING.
 func (r *Redis) Start(t testing.TB) {
 	t.Helper()
+	r.hold.release()
+	r.hold = nil
 	if err := r.start(); err != nil {
 		t.Fatalf("testsvc: %v", err)
 	}
@@ -144,6 +152,7 @@ func (r *Redis) Close() error {
 	}
 	r.closed = true
 	r.mu.Unlock()
+	r.hold.release()
 	r.kill()
 	if err := os.RemoveAll(r.dir); err != nil {
 		return fmt.Errorf("redis: %w", err)
