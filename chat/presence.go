@@ -1,0 +1,41 @@
+package chat
+
+import "context"
+
+// PresenceMeta is one connection's presence in a room: one entry of a
+// Phoenix Presence "metas" list.
+type PresenceMeta struct {
+	// PhxRef identifies this connection's join of the room, cluster-wide.
+	PhxRef string `json:"phx_ref"`
+	// Node is the name of the node the connection is on.
+	Node string `json:"node"`
+	// OnlineAt is when the connection joined the room, in Unix seconds.
+	OnlineAt int64 `json:"online_at"`
+}
+
+// PresenceEntry is one connection of a user in a room.
+type PresenceEntry struct {
+	UserID string       `json:"user_id"`
+	Meta   PresenceMeta `json:"meta"`
+}
+
+// Presence tracks who is in each room, across every node of the cluster.
+type Presence interface {
+	// Add records e in room. It is idempotent on (room, e.Meta.PhxRef).
+	Add(ctx context.Context, room string, e PresenceEntry) error
+	// Remove deletes the entry ref of room and reports whether it was there.
+	// Removing an absent entry is not an error.
+	Remove(ctx context.Context, room, ref string) (bool, error)
+	// List returns every entry of room, in no particular order.
+	List(ctx context.Context, room string) ([]PresenceEntry, error)
+}
+
+// NodeReaper is implemented by cluster-wide Presence and ConnLimiter
+// implementations: it frees what a node that died held.
+type NodeReaper interface {
+	// RemoveNode deletes every entry the node named node added and returns
+	// the presence entries removed, by room. It is idempotent: once one
+	// caller has removed an entry, no other caller gets it back, so leave
+	// diffs are published once.
+	RemoveNode(ctx context.Context, node string) (map[string][]PresenceEntry, error)
+}
