@@ -49,6 +49,9 @@ type Config struct {
 	UserBurst int
 	// RelayTimeout bounds one Publish to the broker. Zero: 5 s.
 	RelayTimeout time.Duration
+	// PresenceInterval is how long presence changes of a room are collected
+	// into one presence_diff. Zero: 100 ms.
+	PresenceInterval time.Duration
 }
 
 func (c *Config) setDefaults() error {
@@ -82,12 +85,15 @@ func (c *Config) setDefaults() error {
 	if c.RelayTimeout == 0 {
 		c.RelayTimeout = 5 * time.Second
 	}
+	if c.PresenceInterval == 0 {
+		c.PresenceInterval = 100 * time.Millisecond
+	}
 	switch {
 	case c.MaxBody < 0, c.MaxChannels < 0, c.ReadLimit < 0, c.SendQueueLen < 0, c.SendQueueBytes < 0, c.UserBurst < 0:
 		return errors.New("chat: limits must not be negative")
 	case c.UserRate < 0:
 		return errors.New("chat: user rate must not be negative")
-	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0:
+	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
 		return errors.New("chat: timeouts must not be negative")
 	}
 	return nil
@@ -106,15 +112,20 @@ type Options struct {
 	// History answers the join options "history" and "since" from stored
 	// messages. Nil: only the messages this node has seen recently.
 	History History
+	// Presence tracks who is in each room. Nil: a MemoryPresence.
+	Presence Presence
 }
 
 // Hub owns the rooms and sessions of one node.
 type Hub struct {
-	cfg     Config
-	log     *slog.Logger
-	broker  Broker
-	sink    MessageSink
-	history History
+	cfg      Config
+	log      *slog.Logger
+	broker   Broker
+	sink     MessageSink
+	history  History
+	presence Presence
+
+	presenceDiffs *presenceBatcher
 
 	seed   maphash.Seed
 	shards [roomShards]roomShard
@@ -155,6 +166,9 @@ type room struct {
 	// local members, oldest first, at most recentSize: they cover what the
 	// persistence queue has not written yet when a member joins.
 	recent []Message
+	// lastID is the id of the latest message delivered to the room on this
+	// node: a joiner's history stops there, the live stream goes on from it.
+	lastID string
 }
 
 // recentSize is how many delivered messages a local room remembers.
@@ -193,6 +207,7 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 		log:      opts.Logger,
 		sink:     opts.Sink,
 		history:  opts.History,
+		presence: opts.Presence,
 		seed:     maphash.MakeSeed(),
 		users:    make(map[string]*userState),
 		sessions: make(map[*Session]struct{}),
@@ -203,6 +218,10 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 	if h.sink == nil {
 		h.sink = DiscardSink{}
 	}
+	if h.presence == nil {
+		h.presence = NewMemoryPresence()
+	}
+	h.presenceDiffs = newPresenceBatcher(h, cfg.PresenceInterval)
 	for i := range h.shards {
 		h.shards[i].rooms = make(map[string]*room)
 	}
@@ -273,6 +292,7 @@ func (h *Hub) deliver(name string, data []byte) {
 			r.recent = r.recent[:len(r.recent)-1]
 		}
 		r.recent = append(r.recent, msg)
+		r.lastID = msg.ID
 	}
 	if r.snapshot == nil {
 		r.snapshot = make([]*Session, 0, len(r.members))
@@ -282,7 +302,7 @@ func (h *Hub) deliver(name string, data []byte) {
 	}
 	members := r.snapshot
 	for _, s := range members {
-		s.deliver(r, msg.ID, data)
+		s.deliver(r, msg, data)
 	}
 	r.mu.Unlock()
 	h.stats.deliveries.Add(int64(len(members)))
@@ -547,7 +567,6 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		return nil
 	case <-ctx.Done():
 		h.sessMu.Lock()
 		for s := range h.sessions {
@@ -555,6 +574,8 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		}
 		h.sessMu.Unlock()
 		<-done
-		return ctx.Err()
 	}
+	// The leaves of the closed connections reach the other nodes now.
+	h.presenceDiffs.close()
+	return ctx.Err()
 }

@@ -41,14 +41,15 @@ type Session struct {
 }
 
 type channel struct {
-	joinRef string
-	room    *room
+	joinRef  string
+	room     *room
+	presence *PresenceEntry // nil when presence could not be recorded
 }
 
-// delivery is a frame held back during a join; id is its message id, empty
-// for frames that are not messages.
+// delivery is a frame held back during a join; msg is the message it
+// carries (zero for frames that are not messages).
 type delivery struct {
-	id   string
+	msg  Message
 	data []byte
 }
 
@@ -89,7 +90,7 @@ func (s *Session) run(ctx context.Context) error {
 	err := s.readLoop(ctx, idle)
 
 	for topic, ch := range s.channels {
-		s.hub.leave(s, ch.room)
+		s.leaveChannel(ch)
 		delete(s.channels, topic)
 	}
 	s.closeQueue()
@@ -159,7 +160,7 @@ func (s *Session) handle(ctx context.Context, f Frame) {
 	}
 	switch f.Event {
 	case EventLeave:
-		s.hub.leave(s, ch.room)
+		s.leaveChannel(ch)
 		delete(s.channels, f.Topic)
 		s.enqueue(EncodeReply(f, nil))
 		s.enqueue(AppendFrame(nil, ch.joinRef, ch.joinRef, f.Topic, EventClose, emptyObject))
@@ -198,7 +199,7 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 	if old := s.channels[f.Topic]; old != nil {
 		// A second join of a joined topic replaces the first channel, as
 		// Phoenix does: the old one is closed.
-		s.hub.leave(s, old.room)
+		s.leaveChannel(old)
 		delete(s.channels, f.Topic)
 		s.enqueue(AppendFrame(nil, old.joinRef, old.joinRef, f.Topic, EventClose, emptyObject))
 	} else if len(s.channels) >= s.hub.cfg.MaxChannels {
@@ -215,13 +216,21 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 	if joinRef == "" {
 		joinRef = f.Ref
 	}
-	s.channels[f.Topic] = &channel{joinRef: joinRef, room: r}
+	ch := &channel{joinRef: joinRef, room: r}
+	s.channels[f.Topic] = ch
 	if !withHistory {
 		s.enqueue(EncodeReply(f, nil))
-		return
+	} else {
+		loaded := s.hub.loadHistory(ctx, name, p, recent)
+		s.finishJoin(r, f, p, loaded)
 	}
-	resp := s.hub.joinHistory(ctx, name, p, recent)
-	s.finishJoin(r, EncodeReply(f, resp), resp.last)
+	ch.presence = s.hub.trackPresence(ctx, s, name, f.Topic, joinRef)
+}
+
+// leaveChannel takes s out of ch's room and its presence.
+func (s *Session) leaveChannel(ch *channel) {
+	s.hub.leave(s, ch.room)
+	s.hub.untrackPresence(ch.room.name, ch.presence)
 }
 
 // MaxHistory is the most messages a join may ask for.
@@ -320,15 +329,15 @@ func (s *Session) signal() {
 	}
 }
 
-// deliver hands s a frame of room r; it is held back while r is being
-// joined with history.
-func (s *Session) deliver(r *room, id string, data []byte) {
+// deliver hands s a frame of room r (carrying msg, when it is a message);
+// it is held back while r is being joined with history.
+func (s *Session) deliver(r *room, msg Message, data []byte) {
 	s.qmu.Lock()
 	if buf, ok := s.joining[r]; ok {
 		if len(buf) >= s.hub.cfg.SendQueueLen {
 			s.overflowLocked()
 		} else {
-			s.joining[r] = append(buf, delivery{id: id, data: data})
+			s.joining[r] = append(buf, delivery{msg: msg, data: data})
 		}
 		s.qmu.Unlock()
 		return
@@ -360,20 +369,30 @@ func (s *Session) abortJoin(r *room) {
 	s.qmu.Unlock()
 }
 
-// finishJoin queues the join reply, then the deliveries held back since the
-// join, leaving out messages with ids up to last: the reply already has
-// them.
-func (s *Session) finishJoin(r *room, reply []byte, last string) {
+// finishJoin answers a join with history: the room's messages up to the
+// latest one delivered on this node (its frontier), from the store, the
+// room's recent list and what was held back since the join, then the
+// held-back frames that are not messages. Everything delivered after the
+// frontier follows in the live stream, so the client gets each message once
+// and in the room's order.
+func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad) {
+	r.mu.Lock()
+	frontier := r.lastID
 	s.qmu.Lock()
+	r.mu.Unlock()
 	held, ok := s.joining[r]
 	delete(s.joining, r)
-	queued := s.enqueueLocked(reply)
+	var heldMsgs []Message
+	for _, d := range held {
+		if d.msg.ID != "" {
+			heldMsgs = append(heldMsgs, d.msg)
+		}
+	}
+	resp := assembleHistory(p, loaded, heldMsgs, frontier)
+	queued := s.enqueueLocked(EncodeReply(f, resp))
 	if ok && queued {
 		for _, d := range held {
-			if d.id != "" && d.id <= last {
-				continue
-			}
-			if !s.enqueueLocked(d.data) {
+			if d.msg.ID == "" && !s.enqueueLocked(d.data) {
 				break
 			}
 		}

@@ -167,6 +167,8 @@ type Writer struct {
 	done      chan struct{} // closed when every worker has returned
 
 	slots []workerSlot
+	// wm tracks finished commits for Flush.
+	wm *watermark
 
 	enqueued   atomic.Uint64
 	rejected   atomic.Uint64
@@ -187,6 +189,7 @@ type Writer struct {
 type queued struct {
 	msg chat.Message
 	at  time.Duration // since Writer.start
+	seq uint64        // commit order, for Flush
 }
 
 // workerSlot is what Stats reads of one worker.
@@ -221,6 +224,7 @@ func NewWriter(db *DB, cfg WriterConfig, logger *slog.Logger) (*Writer, error) {
 		finish: make(chan struct{}),
 		done:   make(chan struct{}),
 		slots:  make([]workerSlot, cfg.Workers),
+		wm:     newWatermark(),
 	}
 	w.stop, w.abort = context.WithCancel(context.Background())
 	w.wg.Add(cfg.Workers)
@@ -267,10 +271,11 @@ func (w *Writer) Commit(msg chat.Message) {
 			"id", msg.ID, "room", msg.Room, "user_id", msg.UserID, "err", err)
 		return
 	}
-	item := queued{msg: msg, at: time.Since(w.start)}
 	w.mu.RLock()
 	defer w.mu.RUnlock()
+	item := queued{msg: msg, at: time.Since(w.start), seq: w.wm.assign()}
 	if w.aborted {
+		w.wm.finish(item.seq)
 		w.taken.Add(-1)
 		w.unwritten.Add(1)
 		w.log.Error("store: writer: message committed after Close gave up; not written",
@@ -282,10 +287,20 @@ func (w *Writer) Commit(msg chat.Message) {
 		w.enqueued.Add(1)
 	default:
 		// Only a Commit without its Reserve can get here.
+		w.wm.finish(item.seq)
 		w.unwritten.Add(1)
 		w.log.Error("store: writer: Commit without Reserve found the queue full; message not written",
 			"id", msg.ID, "room", msg.Room)
 	}
+}
+
+// Flush waits until every message committed before the call is written,
+// or given up on (dropped as unstorable, or left unwritten by an aborted
+// Close), or until ctx ends, returning ctx.Err(). A join that asks for
+// history calls it first, so that what this node accepted is in the
+// database when the history query runs.
+func (w *Writer) Flush(ctx context.Context) error {
+	return w.wm.wait(ctx)
 }
 
 // Cancel gives back a place taken by Reserve, unused.
@@ -410,7 +425,8 @@ func (w *Writer) work(slot *workerSlot) {
 			// Nothing is queued after an abort: count what is left.
 			for {
 				select {
-				case <-w.queue:
+				case it := <-w.queue:
+					w.wm.finish(it.seq)
 					w.taken.Add(-1)
 					w.unwritten.Add(1)
 				default:
@@ -427,6 +443,9 @@ func (w *Writer) work(slot *workerSlot) {
 			rows = append(rows, rowFromMessage(it.msg))
 		}
 		w.write(rows)
+		for _, it := range batch {
+			w.wm.finish(it.seq)
+		}
 		slot.oldest.Store(0)
 		w.inFlight.Add(-int64(len(batch)))
 		clear(batch) // drop message bodies while idle
