@@ -160,8 +160,8 @@ type room struct {
 	subErr     error
 
 	mu       sync.Mutex
-	members  map[*Session]struct{}
-	snapshot []*Session // members as a slice; nil when stale
+	members  map[*Session]string // session -> join_ref
+	snapshot []*Session          // members as a slice; nil when stale
 	// recent holds the newest messages delivered to the room while it had
 	// local members, oldest first, at most recentSize: they cover what the
 	// persistence queue has not written yet when a member joins.
@@ -312,7 +312,7 @@ func (h *Hub) deliver(name string, data []byte) {
 // first local member. With buffer set, deliveries to s from the room are
 // held until s.finishJoin, and recent returns the room's recent messages
 // as they were when s became a member.
-func (h *Hub) join(ctx context.Context, s *Session, name string, buffer bool) (r *room, recent []Message, err error) {
+func (h *Hub) join(ctx context.Context, s *Session, name, joinRef string, buffer bool) (r *room, recent []Message, err error) {
 	sh := h.shard(name)
 	sh.mu.Lock()
 	r = sh.rooms[name]
@@ -322,12 +322,12 @@ func (h *Hub) join(ctx context.Context, s *Session, name string, buffer bool) (r
 			name:       name,
 			topic:      RoomPrefix + name,
 			subscribed: make(chan struct{}),
-			members:    make(map[*Session]struct{}),
+			members:    make(map[*Session]string),
 		}
 		sh.rooms[name] = r
 	}
 	r.mu.Lock()
-	r.members[s] = struct{}{}
+	r.members[s] = joinRef
 	r.snapshot = nil
 	if buffer {
 		s.startJoin(r)
@@ -381,6 +381,33 @@ func (h *Hub) leave(s *Session, r *room) {
 			cancel()
 		}
 	}
+}
+
+// Resync tells every local member of every room that it may have missed
+// messages (the relay to this node was cut off and is back): each channel
+// gets phx_error, on which the phoenix client rejoins, with "since" its
+// last message id when it asks for recovery. Channels stay joined; the
+// rejoin replaces them.
+func (h *Hub) Resync() {
+	var rooms []*room
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for _, r := range sh.rooms {
+			rooms = append(rooms, r)
+		}
+		sh.mu.Unlock()
+	}
+	n := 0
+	for _, r := range rooms {
+		r.mu.Lock()
+		for s, joinRef := range r.members {
+			s.enqueue(AppendFrame(nil, joinRef, joinRef, r.topic, EventError, emptyObject))
+			n++
+		}
+		r.mu.Unlock()
+	}
+	h.log.Warn("relay restored: channels told to rejoin and recover", "rooms", len(rooms), "channels", n)
 }
 
 // publishAttempts bounds the retries of a message that lost the race for

@@ -205,3 +205,9 @@ func newPhxRef() string {
 	_, _ = rand.Read(b[:])
 	return base64.RawURLEncoding.EncodeToString(b[:])
 }
+
+// PresenceJoined broadcasts the joins of entries written back to the
+// presence store after it lost them (a Redis restart).
+func (h *Hub) PresenceJoined(room string, entries []PresenceEntry) {
+	h.presenceDiffs.add(room, entries, nil)
+}

@@ -21,11 +21,11 @@ func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
 	}
 	ctx := context.Background()
 	a, b := newTestSession(h, "a"), newTestSession(h, "b")
-	ra, _, err := h.join(ctx, a, "lobby", false)
+	ra, _, err := h.join(ctx, a, "lobby", "1", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rb, _, _ := h.join(ctx, b, "lobby", false)
+	rb, _, _ := h.join(ctx, b, "lobby", "1", false)
 	if ra != rb {
 		t.Fatal("two joins of one room made two rooms")
 	}
@@ -100,7 +100,7 @@ func BenchmarkFanout1000(b *testing.B) {
 	var r *room
 	for i := range members {
 		members[i] = newTestSession(h, fmt.Sprint(i))
-		if r, _, err = h.join(ctx, members[i], "bench", false); err != nil {
+		if r, _, err = h.join(ctx, members[i], "bench", "1", false); err != nil {
 			b.Fatal(err)
 		}
 	}

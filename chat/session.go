@@ -207,14 +207,14 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		return
 	}
 	withHistory := p.Since != nil || (p.History != nil && *p.History > 0)
-	r, recent, err := s.hub.join(ctx, s, name, withHistory)
-	if err != nil {
-		s.enqueue(EncodeError(f, asChatError(err)))
-		return
-	}
 	joinRef := f.JoinRef
 	if joinRef == "" {
 		joinRef = f.Ref
+	}
+	r, recent, err := s.hub.join(ctx, s, name, joinRef, withHistory)
+	if err != nil {
+		s.enqueue(EncodeError(f, asChatError(err)))
+		return
 	}
 	ch := &channel{joinRef: joinRef, room: r}
 	s.channels[f.Topic] = ch

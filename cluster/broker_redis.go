@@ -62,6 +62,12 @@ type RedisBrokerConfig struct {
 	// Redis again after the pub/sub connection failed; the pause doubles
 	// from MinBackoff up to MaxBackoff, with jitter. Zero: 50 ms and 2 s.
 	MinBackoff, MaxBackoff time.Duration
+	// OnReconnect is called, from the goroutine that reads the pub/sub
+	// connection, each time the connection is restored after failing:
+	// whatever was published while it was down never reached this node, so
+	// the caller makes its clients catch up (the hub's Resync). It must not
+	// block. Nil: nothing is called.
+	OnReconnect func()
 }
 
 func (c *RedisBrokerConfig) setDefaults() error {
@@ -98,6 +104,10 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	}
 	return nil
 }
+
+// errRelayDown is returned by Publish and Ping while the pub/sub connection
+// is failing.
+var errRelayDown = errors.New("cluster: redis pub/sub connection is down")
 
 // ErrBrokerClosed is returned by the methods of a closed RedisBroker.
 var ErrBrokerClosed = errors.New("cluster: redis broker closed")
@@ -307,6 +317,12 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 	if b.isClosed.Load() {
 		return ErrBrokerClosed
 	}
+	// While this node's own subscription is down, a publication would
+	// reach the other nodes but not this node's members: refuse it.
+	if b.relayDown.Load() {
+		b.publishErrors.Add(1)
+		return errRelayDown
+	}
 	res, err := publishScript.Run(ctx, b.client, []string{b.keyPrefix + room},
 		id, data, b.chanPrefix+room, b.ttlMillis).Slice()
 	if err != nil {
@@ -401,7 +417,7 @@ func (b *RedisBroker) Ping(ctx context.Context) error {
 		return ErrBrokerClosed
 	}
 	if b.relayDown.Load() {
-		return errors.New("cluster: redis pub/sub connection is down")
+		return errRelayDown
 	}
 	if err := b.client.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("cluster: redis ping: %w", err)
@@ -606,6 +622,9 @@ func (b *RedisBroker) receiveLoop() {
 			b.log.Info("redis broker: pub/sub connection restored", "failed_attempts", failures)
 			failures = 0
 			b.signal()
+			if b.cfg.OnReconnect != nil {
+				b.cfg.OnReconnect()
+			}
 		}
 		switch m := msg.(type) {
 		case *redis.Message:

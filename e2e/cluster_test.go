@@ -483,10 +483,14 @@ func TestClusterRelayOrder(t *testing.T) {
 //
 // Messages acknowledged ok in the moments after Redis returns, before
 // every node's pub/sub connection has resubscribed, may reach only some
-// members: the test logs each such gap as "GAP:" (see clStrictRelayGap).
+// members: each such member must have been sent phx_error for the room and
+// must recover the gap by rejoining with "since".
 func TestClusterRedisRestart(t *testing.T) {
 	redis := testsvc.StartRedis(t)
-	nodes := clStartCluster(t, redis, 3, nil)
+	// One database for the cluster, as deployed: a member told to recover
+	// rejoins with "since" and gets what it missed from any node.
+	pg := testsvc.StartPostgres(t)
+	nodes := clStartCluster(t, redis, 3, map[string]string{"CHAT_DATABASE_URL": pg.URL()})
 
 	const topic = "room:steady"
 	members := make([]*psClient, len(nodes))
@@ -634,36 +638,54 @@ func TestClusterRedisRestart(t *testing.T) {
 			}
 		}
 		if len(missed) > 0 {
-			// Acknowledged, yet never delivered to this member: a gap
-			// nothing tells the client about (its socket stayed open).
-			own, afterRestart := 0, 0
-			first, last := missed[0].Reply.At, missed[0].Reply.At
+			// Acknowledged, yet not delivered to this member: its node's
+			// relay was cut off. The node must have told the member
+			// (phx_error on the topic, on which a phoenix client rejoins),
+			// and a rejoin with "since" the last message read before the
+			// gap must recover every missed message.
+			told := false
+			for _, raw := range m.otherFrames() {
+				if strings.Contains(raw, `"phx_error"`) && strings.Contains(raw, `"`+topic+`"`) {
+					told = true
+				}
+			}
+			if !told {
+				t.Errorf("GAP: %s (node%d) never read %d acknowledged messages and was not sent phx_error for %s", m.user, i+1, len(missed), topic)
+				continue
+			}
+			firstMissed := missed[0].Reply.id()
 			for _, p := range missed {
-				if p.User == m.user {
-					own++
-				}
-				if p.Reply.At.After(up) {
-					afterRestart++
-				}
-				if p.Reply.At.Before(first) {
-					first = p.Reply.At
-				}
-				if p.Reply.At.After(last) {
-					last = p.Reply.At
+				if id := p.Reply.id(); id < firstMissed {
+					firstMissed = id
 				}
 			}
-			restored := "?"
-			if at, ok := clLastLogTime(nodes[i].Logs(), "redis broker: pub/sub connection restored"); ok {
-				restored = at.Sub(up).Round(time.Millisecond).String()
+			since := ""
+			for _, x := range got {
+				if x.ID < firstMissed && x.ID > since {
+					since = x.ID
+				}
 			}
-			report := t.Logf
-			if clStrictRelayGap {
-				report = t.Errorf
+			if since == "" {
+				t.Errorf("%s: no message read before the gap to recover from", m.user)
+				continue
 			}
-			ex := missed[0]
-			report("GAP: %s (node%d) never read %d of the %d load messages acknowledged ok around the outage (%d of them its own pushes; %d acknowledged after Redis restarted, acks from %s to %s after the restart); node%d's pub/sub connection was restored %s after the restart; e.g. %s pushed %q, reply %s",
-				m.user, i+1, len(missed), len(loadOK), own, afterRestart, first.Sub(up).Round(time.Millisecond), last.Sub(up).Round(time.Millisecond), i+1, restored,
-				ex.User, ex.Body, ex.Reply.Raw)
+			resp := m.join(t, topic, map[string]any{"since": since})
+			inReply := map[string]bool{}
+			for _, x := range resp.Messages {
+				inReply[x.ID] = true
+			}
+			lost := 0
+			for _, p := range missed {
+				if !inReply[p.Reply.id()] {
+					lost++
+				}
+			}
+			if lost > 0 || resp.Recovered == nil || !*resp.Recovered {
+				t.Errorf("%s (node%d): told to recover %d missed messages; rejoin since %s recovered=%v and lacks %d of them",
+					m.user, i+1, len(missed), since, resp.Recovered, lost)
+				continue
+			}
+			t.Logf("%s (node%d) missed %d messages while its relay was down, was told (phx_error) and recovered all of them by rejoining with since", m.user, i+1, len(missed))
 		}
 	}
 
@@ -739,16 +761,6 @@ func clLastLogTime(logs, msg string) (time.Time, bool) {
 	}
 	return at, found
 }
-
-// clStrictRelayGap makes TestClusterRedisRestart fail, instead of only
-// logging "GAP:", when a member never reads a message whose push was
-// acknowledged ok in the seconds after Redis restarted. chatd acknowledges
-// pushes as soon as Redis answers commands again, while each node's pub/sub
-// connection resubscribes only after its reconnect backoff (up to 2 s), so
-// such messages reach no member on a node still reconnecting, the sender
-// included, and nothing tells those clients about the gap. Set it once
-// chatd closes that window.
-const clStrictRelayGap = false
 
 // clRedisOutage is how long TestClusterRedisRestart keeps Redis down.
 const clRedisOutage = 3 * time.Second

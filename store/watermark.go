@@ -53,8 +53,20 @@ func (m *watermark) finish(s uint64) {
 // wait blocks until every commit assigned before the call is finished, or
 // ctx ends.
 func (m *watermark) wait(ctx context.Context) error {
+	return m.waitFor(ctx, m.mark())
+}
+
+// mark returns the sequence number of the next commit: waitFor(mark())
+// waits for every commit assigned before mark was called.
+func (m *watermark) mark() uint64 {
 	m.mu.Lock()
-	target := m.next
+	defer m.mu.Unlock()
+	return m.next
+}
+
+// waitFor blocks until every commit below target is finished, or ctx ends.
+func (m *watermark) waitFor(ctx context.Context, target uint64) error {
+	m.mu.Lock()
 	for m.low < target {
 		moved := m.moved
 		m.mu.Unlock()

@@ -17,8 +17,9 @@ func TestWatermarkWaitsForEarlierCommitsOnly(t *testing.T) {
 		t.Fatal("wait returned while the first commit is unfinished")
 	}
 	done := make(chan error, 1)
-	go func() { done <- m.wait(context.Background()) }()
-	later := m.assign() // after the wait began: not waited for
+	target := m.mark()
+	go func() { done <- m.waitFor(context.Background(), target) }()
+	later := m.assign() // after the mark: not waited for
 	m.finish(a)
 	if err := <-done; err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -149,14 +150,51 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	var newBroker func(chat.BrokerHandler) chat.Broker
 	var redisBroker *cluster.RedisBroker
 	var brokerErr error
+	// The relay tells the hub when it was cut off; the hub exists once the
+	// relay runs.
+	var hubRef atomic.Pointer[chat.Hub]
 	if c.redisURL != "" {
 		newBroker = func(h chat.BrokerHandler) chat.Broker {
-			redisBroker, brokerErr = cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: c.redisURL, Logger: log}, h)
+			redisBroker, brokerErr = cluster.NewRedisBroker(cluster.RedisBrokerConfig{
+				URL:    c.redisURL,
+				Logger: log,
+				OnReconnect: func() {
+					if hub := hubRef.Load(); hub != nil {
+						go hub.Resync()
+					}
+				},
+			}, h)
 			if brokerErr != nil {
 				return chat.NewMemoryBroker(h) // unused: serve fails below
 			}
 			return redisBroker
 		}
+	}
+
+	// Presence and connection slots are cluster-wide with Redis. They are
+	// closed after the connections, whose leaves they record.
+	var presence chat.Presence
+	var redisPresence *cluster.RedisPresence
+	if c.redisURL != "" {
+		redisPresence, err = cluster.NewRedisPresence(cluster.RedisPresenceConfig{
+			URL:      c.redisURL,
+			NodeName: c.nodeName,
+			Logger:   log,
+			OnRemoved: func(room string, removed []chat.PresenceEntry) {
+				if hub := hubRef.Load(); hub != nil {
+					hub.PresenceLeft(room, removed)
+				}
+			},
+			OnRestored: func(room string, restored []chat.PresenceEntry) {
+				if hub := hubRef.Load(); hub != nil {
+					hub.PresenceJoined(room, restored)
+				}
+			},
+		})
+		if err != nil {
+			return fail(err)
+		}
+		presence = redisPresence
 	}
 
 	// The writer is closed after the hub's connections, so that every
@@ -180,21 +218,38 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadLimit:   int64(c.readLimit),
 		UserRate:    c.userRate,
 		UserBurst:   c.userBurst,
-	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker})
+	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker, Presence: presence})
 	if err != nil {
 		return fail(err)
 	}
 	if brokerErr != nil {
 		return fail(brokerErr)
 	}
+	hubRef.Store(hub)
 
 	var membership *cluster.Membership
+	var limiter chat.ConnLimiter = chat.NewMemoryConnLimiter(c.maxConns)
 	if redisBroker != nil {
 		if err := redisBroker.Run(); err != nil {
 			return fail(err)
 		}
 		closers = append(closers, closer{"redis relay", func(context.Context) error { return redisBroker.Close() }})
 		checks = append(checks, server.Check{Name: "redis", Check: redisBroker.Ping})
+		if err := redisPresence.Run(); err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closer{"presence", func(context.Context) error { return redisPresence.Close() }})
+		redisLimiter, err := cluster.NewRedisConnLimiter(cluster.RedisConnLimiterConfig{
+			URL: c.redisURL, NodeName: c.nodeName, Max: c.maxConns, Logger: log,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		if err := redisLimiter.Run(); err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closer{"connection limits", func(context.Context) error { return redisLimiter.Close() }})
+		limiter = redisLimiter
 
 		membership, err = cluster.NewMembership(cluster.MembershipConfig{
 			NodeName:      c.nodeName,
@@ -211,6 +266,30 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fail(err)
 		}
+		// A node declared dead leaves its presence and connection slots
+		// behind: every survivor frees them (idempotently; the leaves are
+		// broadcast once).
+		membership.OnLeave(func(m cluster.Member) {
+			if m.State != cluster.MemberDead {
+				return
+			}
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				removed, err := redisPresence.RemoveNode(ctx, m.Name)
+				if err != nil {
+					log.Warn("presence of a dead node not removed", "dead_node", m.Name, "err", err)
+				}
+				for room, entries := range removed {
+					hub.PresenceLeft(room, entries)
+				}
+				n, err := redisLimiter.ReleaseNode(ctx, m.Name)
+				if err != nil {
+					log.Warn("connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
+				}
+				log.Info("freed what a dead node held", "dead_node", m.Name, "presence_rooms", len(removed), "slots", n)
+			}()
+		})
 	} else {
 		log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")
 	}
@@ -222,7 +301,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		DrainDelay:     c.drainDelay,
 	}, server.Options{
 		Hub:      hub,
-		Limiter:  chat.NewMemoryConnLimiter(c.maxConns),
+		Limiter:  limiter,
 		Logger:   log,
 		Messages: history,
 		Checks:   checks,
