@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -89,7 +91,10 @@ func (b *presenceBatcher) flush(room string) {
 	if p == nil || len(p.joins)+len(p.leaves) == 0 {
 		return
 	}
-	diff := presenceDiff{Joins: groupMetas(p.joins), Leaves: groupMetas(p.leaves)}
+	diff := presenceDiff{
+		Joins:  groupMetas(slices.Collect(maps.Values(p.joins))),
+		Leaves: groupMetas(slices.Collect(maps.Values(p.leaves))),
+	}
 	data, err := EncodeBroadcast(RoomPrefix+room, EventPresenceDiff, diff)
 	if err != nil {
 		b.h.log.Error("presence diff not encoded", "room", room, "err", err)
@@ -120,7 +125,8 @@ func (b *presenceBatcher) close() {
 	b.wg.Wait()
 }
 
-func groupMetas(entries map[string]PresenceEntry) map[string]*presenceMetas {
+// groupMetas groups entries by user, in the shape of presence_state.
+func groupMetas(entries []PresenceEntry) map[string]*presenceMetas {
 	out := make(map[string]*presenceMetas)
 	for _, e := range entries {
 		m := out[e.UserID]
@@ -140,16 +146,7 @@ func (h *Hub) PresenceState(ctx context.Context, room string) (map[string]*prese
 	if err != nil {
 		return nil, err
 	}
-	state := make(map[string]*presenceMetas, len(entries))
-	for _, e := range entries {
-		m := state[e.UserID]
-		if m == nil {
-			m = &presenceMetas{}
-			state[e.UserID] = m
-		}
-		m.Metas = append(m.Metas, e.Meta)
-	}
-	return state, nil
+	return groupMetas(entries), nil
 }
 
 // PresenceLeft broadcasts the leaves of entries removed from room by a node

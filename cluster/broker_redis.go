@@ -247,17 +247,9 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBr
 		dirty:      make(map[string]struct{}),
 		changed:    make(chan struct{}),
 	}
-	if b.client == nil {
-		opt, err := redis.ParseURL(cfg.URL)
-		if err != nil {
-			return nil, fmt.Errorf("cluster: redis broker: %w", err)
-		}
-		opt.MaxRetries = -1
-		opt.ContextTimeoutEnabled = true
-		b.client = redis.NewClient(opt)
-		b.ownsClient = true
-	} else if !b.client.Options().ContextTimeoutEnabled {
-		b.log.Warn("redis broker: the Redis client ignores context deadlines (ContextTimeoutEnabled is off): relay calls may outlast their timeouts while Redis hangs")
+	var err error
+	if b.client, b.ownsClient, err = redisClientFrom(cfg.Client, cfg.URL, b.log, "redis broker"); err != nil {
+		return nil, err
 	}
 	b.ps = b.client.Subscribe(context.Background()) // no channels: no connection yet
 	return b, nil
