@@ -116,6 +116,10 @@ type client struct {
 	// pending holds broadcasts read while waiting for a reply: a push's
 	// reply and its broadcast may come in either order.
 	pending []chat.Frame
+	// presence holds presence_state and presence_diff frames, which read
+	// sets aside for the tests that look at them.
+	presence []chat.Frame
+	joins    map[string]string // room -> join_ref
 }
 
 func (s *testServer) dial(tb testing.TB, user string) *client {
@@ -167,8 +171,22 @@ func (c *client) read() chat.Frame {
 	return c.readWire()
 }
 
-// readWire reads the next frame from the connection.
+// readWire reads the next frame from the connection that is not about
+// presence.
 func (c *client) readWire() chat.Frame {
+	c.tb.Helper()
+	for {
+		f := c.readAny()
+		if f.Event == chat.EventPresenceState || f.Event == chat.EventPresenceDiff {
+			c.presence = append(c.presence, f)
+			continue
+		}
+		return f
+	}
+}
+
+// readAny reads the next frame from the connection.
+func (c *client) readAny() chat.Frame {
 	c.tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -241,8 +259,15 @@ func (c *client) join(room string) string {
 	joinRef := fmt.Sprint(c.ref)
 	c.sendRaw(websocket.MessageText, chat.AppendFrame(nil, joinRef, joinRef, "room:"+room, chat.EventJoin, []byte("{}")))
 	c.expectReply("room:"+room, joinRef, "ok")
+	if c.joins == nil {
+		c.joins = map[string]string{}
+	}
+	c.joins[room] = joinRef
 	return joinRef
 }
+
+// channelRef returns the join_ref of c's join of room.
+func (c *client) channelRef(room string) string { return c.joins[room] }
 
 // push sends a new_msg and returns the id from the ok reply.
 func (c *client) push(joinRef, room, body string) string {

@@ -87,3 +87,23 @@ func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (string, boo
 	}
 	return user, true
 }
+
+// handlePresence serves GET /api/rooms/{room}/presence: who is online in
+// the room, cluster-wide, in the shape of presence_state.
+func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.bearerUser(w, r); !ok {
+		return
+	}
+	room := r.PathValue("room")
+	if !chat.ValidRoomName(room) {
+		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
+		return
+	}
+	state, err := s.hub.PresenceState(r.Context(), room)
+	if err != nil {
+		requestLogger(r.Context(), s.log).Warn("presence query failed", "room", room, "err", err)
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "presence did not answer")
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room": room, "presences": state})
+}

@@ -149,6 +149,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /health/ready", s.handleReady)
 	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
+	s.mux.HandleFunc("GET /api/rooms/{room}/presence", s.handlePresence)
 	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
 }
 
