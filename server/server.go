@@ -306,7 +306,10 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	connID := requestID(r.Context())
 	if s.limiter != nil {
-		if err := s.limiter.Acquire(r.Context(), user, connID); err != nil {
+		// The slot is named by the server: a client-chosen X-Request-ID
+		// repeated on many handshakes must not share one slot.
+		slotID := newRequestID()
+		if err := s.limiter.Acquire(r.Context(), user, slotID); err != nil {
 			if errors.Is(err, chat.ErrTooManyConnections) {
 				log.Info("connection refused", "reason", "limit", "user_id", user)
 				writeError(w, http.StatusTooManyRequests, "too_many_connections", "this user holds as many connections as allowed")
@@ -319,7 +322,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			if err := s.limiter.Release(ctx, user, connID); err != nil {
+			if err := s.limiter.Release(ctx, user, slotID); err != nil {
 				log.Warn("connection slot release failed", "err", err)
 			}
 		}()

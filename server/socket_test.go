@@ -632,3 +632,25 @@ func TestOpsAccess(t *testing.T) {
 		t.Fatalf("admin token: %d", c)
 	}
 }
+
+// TestConnectionLimitIgnoresClientRequestID: a client repeating one
+// X-Request-ID on every handshake still gets only its slots.
+func TestConnectionLimitIgnoresClientRequestID(t *testing.T) {
+	s := startServer(t, chat.Config{}, func(_ *Config, o *Options) {
+		o.Limiter = chat.NewMemoryConnLimiter(2)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	opts := &websocket.DialOptions{HTTPHeader: http.Header{"X-Request-Id": {"same-id-every-time"}}}
+	accepted := 0
+	for i := 0; i < 4; i++ {
+		conn, _, err := websocket.Dial(ctx, s.wsURL(mint(t, "alice")), opts)
+		if err == nil {
+			accepted++
+			defer conn.CloseNow()
+		}
+	}
+	if accepted != 2 {
+		t.Fatalf("%d connections accepted with a repeated X-Request-ID, want 2", accepted)
+	}
+}
