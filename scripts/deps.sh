@@ -1,13 +1,16 @@
 #!/bin/sh
 # Installs what chatd's test suite needs on a Debian/Ubuntu machine:
-# PostgreSQL server binaries, Redis, Node.js with npm, and the npm packages
-# of the end-to-end tests (the official phoenix client). Safe to run again.
+# PostgreSQL server binaries, Redis, nginx, Chromium (headless browser
+# tests), Node.js with npm, and the npm packages of the end-to-end tests
+# (the official phoenix client). Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
 
 need=""
 [ -x /usr/lib/postgresql/15/bin/postgres ] || ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need="$need postgresql"
 command -v redis-server >/dev/null 2>&1 || need="$need redis-server"
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need="$need nginx"
+command -v chromium >/dev/null 2>&1 || need="$need chromium"
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 

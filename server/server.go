@@ -151,6 +151,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
 	s.mux.HandleFunc("GET /api/rooms/{room}/presence", s.handlePresence)
 	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
+	s.webRoutes()
 }
 
 // Handler returns the server's routes with request ids and access logs.
