@@ -26,13 +26,13 @@ type loader struct {
 	next    atomic.Uint64
 	hist    histogram // end-to-end latency of deliveries
 
-	delivered atomic.Int64
-	acked     atomic.Int64 // ok replies to pushes
-	refused   atomic.Int64 // error replies to pushes
-	sent      atomic.Int64
-	dropped   atomic.Int64 // connections that ended during the run
-	closing   atomic.Bool  // the run is over: connection ends are expected
-	acksByRoom sync.Map    // room -> *atomic.Int64
+	delivered  atomic.Int64
+	acked      atomic.Int64 // ok replies to pushes
+	refused    atomic.Int64 // error replies to pushes
+	sent       atomic.Int64
+	dropped    atomic.Int64 // connections that ended during the run
+	closing    atomic.Bool  // the run is over: connection ends are expected
+	acksByRoom sync.Map     // room -> *atomic.Int64
 
 	runStart time.Time
 }
@@ -271,4 +271,3 @@ func (l *loader) closeAll(conns []*lconn) {
 		}
 	}
 }
-
