@@ -182,9 +182,51 @@ type userState struct {
 
 type hubCounters struct {
 	connections   atomic.Int64
+	connects      atomic.Int64
 	messagesIn    atomic.Int64
 	deliveries    atomic.Int64
 	slowConsumers atomic.Int64
+	// refused counts pushes answered with an error, by refusal.
+	refused [numRefusals]atomic.Int64
+	// dropped counts frames not delivered, by drop.
+	dropped [numDrops]atomic.Int64
+}
+
+// Push refusals, the label values of Stats.Refused.
+const (
+	refusalRate = iota
+	refusalBodyTooLong
+	refusalInvalid
+	refusalOverloaded
+	refusalUnavailable
+	numRefusals
+)
+
+var refusalNames = [numRefusals]string{"rate", "body_too_long", "invalid", "overloaded", "unavailable"}
+
+// Frame drops, the label values of Stats.Dropped.
+const (
+	dropSlowConsumer = iota // queued for a connection closed as too slow
+	dropInvalidRelay        // an undecodable frame from the relay
+	numDrops
+)
+
+var dropNames = [numDrops]string{"slow_consumer", "invalid_relay_frame"}
+
+// countRefusal counts a push answered with e.
+func (h *Hub) countRefusal(e *Error) {
+	i := refusalInvalid
+	switch e {
+	case ErrRateLimited:
+		i = refusalRate
+	case ErrBodyTooLong:
+		i = refusalBodyTooLong
+	case ErrOverloaded:
+		i = refusalOverloaded
+	case ErrUnavailable:
+		i = refusalUnavailable
+	}
+	h.stats.refused[i].Add(1)
 }
 
 // Stats is a snapshot of the hub's counters.
@@ -195,6 +237,14 @@ type Stats struct {
 	MessagesIn    int64 `json:"messages_in"`
 	Deliveries    int64 `json:"deliveries"`
 	SlowConsumers int64 `json:"slow_consumers"`
+	// Connects counts connections accepted since start.
+	Connects int64 `json:"connects"`
+	// Refused counts pushes refused, by reason: rate, body_too_long,
+	// invalid, overloaded, unavailable.
+	Refused map[string]int64 `json:"refused"`
+	// Dropped counts frames not delivered, by reason: slow_consumer,
+	// invalid_relay_frame.
+	Dropped map[string]int64 `json:"dropped"`
 }
 
 // NewHub returns a hub ready to serve connections.
@@ -246,6 +296,15 @@ func (h *Hub) Stats() Stats {
 		MessagesIn:    h.stats.messagesIn.Load(),
 		Deliveries:    h.stats.deliveries.Load(),
 		SlowConsumers: h.stats.slowConsumers.Load(),
+		Connects:      h.stats.connects.Load(),
+		Refused:       make(map[string]int64, numRefusals),
+		Dropped:       make(map[string]int64, numDrops),
+	}
+	for i, name := range refusalNames {
+		s.Refused[name] = h.stats.refused[i].Load()
+	}
+	for i, name := range dropNames {
+		s.Dropped[name] = h.stats.dropped[i].Load()
 	}
 	h.usersMu.Lock()
 	s.Users = len(h.users)
@@ -278,10 +337,12 @@ func (h *Hub) deliver(name string, data []byte) {
 	var msg Message
 	if f, err := DecodeFrame(data); err != nil {
 		h.log.Warn("dropping undecodable relay frame", "room", name, "err", err)
+		h.stats.dropped[dropInvalidRelay].Add(1)
 		return
 	} else if f.Event == EventNewMsg {
 		if err := json.Unmarshal(f.Payload, &msg); err != nil || msg.ID == "" {
 			h.log.Warn("dropping relay message without id", "room", name, "err", err)
+			h.stats.dropped[dropInvalidRelay].Add(1)
 			return
 		}
 	}
@@ -547,6 +608,7 @@ func (h *Hub) ServeConn(ctx context.Context, conn *websocket.Conn, info ConnInfo
 	h.sessWG.Add(1)
 	h.sessMu.Unlock()
 	h.stats.connections.Add(1)
+	h.stats.connects.Add(1)
 	defer func() {
 		h.stats.connections.Add(-1)
 		h.sessMu.Lock()

@@ -244,26 +244,32 @@ type newMsgParams struct {
 func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 	var p newMsgParams
 	if !isObject(f.Payload) || json.Unmarshal(f.Payload, &p) != nil {
+		s.hub.countRefusal(ErrInvalidPayload)
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
 	var body string
 	// A NUL character can be neither stored (PostgreSQL text) nor shown.
 	if len(p.Body) == 0 || p.Body[0] != '"' || json.Unmarshal(p.Body, &body) != nil || body == "" || strings.IndexByte(body, 0) >= 0 {
+		s.hub.countRefusal(ErrInvalidPayload)
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
 	if utf8.RuneCountInString(body) > s.hub.cfg.MaxBody {
+		s.hub.countRefusal(ErrBodyTooLong)
 		s.enqueue(EncodeError(f, ErrBodyTooLong))
 		return
 	}
 	if s.us.limiter != nil && !s.us.limiter.Allow() {
+		s.hub.countRefusal(ErrRateLimited)
 		s.enqueue(EncodeError(f, ErrRateLimited))
 		return
 	}
 	msg, err := s.hub.publish(ctx, ch.room, s.user, body)
 	if err != nil {
-		s.enqueue(EncodeError(f, asChatError(err)))
+		ce := asChatError(err)
+		s.hub.countRefusal(ce)
+		s.enqueue(EncodeError(f, ce))
 		return
 	}
 	s.enqueue(EncodeReply(f, map[string]string{"id": msg.ID}))
@@ -315,9 +321,14 @@ func (s *Session) enqueueLocked(data []byte) bool {
 
 // overflowLocked closes the session as a slow consumer, with qmu held.
 func (s *Session) overflowLocked() {
+	dropped := int64(len(s.queue)) + 1 // the queue and the frame that did not fit
+	for _, held := range s.joining {
+		dropped += int64(len(held))
+	}
 	s.qclosed = true
 	s.queue, s.qbytes, s.joining = nil, 0, nil
 	s.hub.stats.slowConsumers.Add(1)
+	s.hub.stats.dropped[dropSlowConsumer].Add(dropped)
 	s.log.Warn("closing slow consumer")
 	go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
 }

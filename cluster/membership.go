@@ -74,6 +74,11 @@ type NodeMeta struct {
 	Users int `json:"users"`
 	// Rooms is the number of rooms with at least one member on the node.
 	Rooms int `json:"rooms"`
+	// MessagesIn counts the messages the node accepted since it started
+	// (peers derive its message rate from it).
+	MessagesIn int64 `json:"messages_in,omitempty"`
+	// QueueDepth is how many messages wait in the node's persistence queue.
+	QueueDepth int `json:"queue_depth,omitempty"`
 	// StartedAt is when the node started; it tells two lives of a node that
 	// reuses its name apart.
 	StartedAt time.Time `json:"started_at"`

@@ -9,15 +9,23 @@ import (
 )
 
 // opsOnly guards the operators' endpoints: with an admin token configured,
-// the request must carry "Authorization: Bearer <admin token>"; without
+// the request must carry "Authorization: Bearer <admin token>" (or Basic
+// credentials whose password is the admin token, which is how a browser
+// opens /dashboard); without
 // one, only direct loopback clients (not proxied requests) are let in. A
 // chat user's token never opens them.
 func (s *Server) opsOnly(next http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.AdminToken != "" {
 			token, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok {
+				// A browser opening /dashboard answers the Basic challenge:
+				// any user name, the admin token as password.
+				_, token, ok = r.BasicAuth()
+			}
 			if !ok || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(token)), []byte(s.cfg.AdminToken)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="chatd ops"`)
+				w.Header().Add("WWW-Authenticate", `Basic realm="chatd ops", charset="UTF-8"`)
 				writeError(w, http.StatusUnauthorized, "unauthorized", "ops endpoints need Authorization: Bearer <CHAT_ADMIN_TOKEN>")
 				return
 			}

@@ -46,6 +46,10 @@ type Config struct {
 	// readiness turns 503 (refusing new WebSocket connections), so that load
 	// balancers notice before connections are closed. Zero: no delay.
 	DrainDelay time.Duration
+	// TrustedProxies are CIDRs or addresses (CHAT_TRUSTED_PROXIES) whose
+	// X-Forwarded-For / X-Real-IP give the client address in logs and
+	// ClientIP. Empty: the direct peer is the client.
+	TrustedProxies []string
 }
 
 // Check is one readiness dependency (database, Redis).
@@ -66,6 +70,9 @@ type Options struct {
 	Messages MessagePager
 	// Stats builds the /api/stats document. Nil: 404.
 	Stats StatsFunc
+	// Metrics is the registry /metrics serves. Nil: one made by New, with
+	// the hub's metrics only.
+	Metrics *Metrics
 	// Logger receives access and connection logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -80,8 +87,10 @@ type Server struct {
 	checks  []Check
 	pager   MessagePager
 	stats   StatsFunc
+	metrics *Metrics
 	log     *slog.Logger
 	mux     *http.ServeMux
+	proxies *TrustedProxies
 
 	// baseCtx outlives requests: it is the context of upgraded
 	// connections, cancelled only once they have been closed.
@@ -119,6 +128,7 @@ func New(cfg Config, opts Options) (*Server, error) {
 		checks:  opts.Checks,
 		pager:   opts.Messages,
 		stats:   opts.Stats,
+		metrics: opts.Metrics,
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
 	}
@@ -128,7 +138,16 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if s.devMode {
 		s.secret = []byte(DevSecret)
 	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics(opts.Hub.Config().NodeName)
+	}
+	s.metrics.setHub(opts.Hub)
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
+	proxies, err := ParseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	s.proxies = proxies
 	s.routes()
 	s.httpSrv = &http.Server{
 		Handler:           s.Handler(),
@@ -151,6 +170,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
 	s.mux.HandleFunc("GET /api/rooms/{room}/presence", s.handlePresence)
 	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
+	s.mux.HandleFunc("GET /metrics", s.opsOnly(s.handleMetrics().ServeHTTP))
+	s.pprofRoutes()
+	s.dashboardRoutes()
 	s.webRoutes()
 }
 
@@ -286,22 +308,26 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	log := requestLogger(r.Context(), s.log)
 	q := r.URL.Query()
 	if vsn := q.Get("vsn"); vsn != "2.0.0" {
+		s.metrics.refuse(RefusedVersion)
 		writeError(w, http.StatusBadRequest, "unsupported_version",
 			fmt.Sprintf("vsn=%q is not supported: only vsn=2.0.0 (Phoenix Channels V2 JSON) is spoken", vsn))
 		return
 	}
 	if s.draining.Load() || s.hub.Draining() {
+		s.metrics.refuse(RefusedDraining)
 		writeError(w, http.StatusServiceUnavailable, "draining", "this node is shutting down; reconnect to another")
 		return
 	}
 	user, err := ParseToken(s.secret, q.Get("token"))
 	if err != nil {
 		log.Info("connection refused", "reason", "auth", "err", err)
+		s.metrics.refuse(RefusedAuth)
 		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
 		return
 	}
 	if !s.originAllowed(r) {
 		log.Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
+		s.metrics.refuse(RefusedOrigin)
 		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed: set CHAT_ALLOWED_ORIGINS")
 		return
 	}
@@ -313,10 +339,12 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		if err := s.limiter.Acquire(r.Context(), user, slotID); err != nil {
 			if errors.Is(err, chat.ErrTooManyConnections) {
 				log.Info("connection refused", "reason", "limit", "user_id", user)
+				s.metrics.refuse(RefusedLimit)
 				writeError(w, http.StatusTooManyRequests, "too_many_connections", "this user holds as many connections as allowed")
 				return
 			}
 			log.Warn("connection limit check failed", "err", err)
+			s.metrics.refuse(RefusedUnavailable)
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
 			return
 		}
@@ -401,9 +429,11 @@ func (s *Server) withRequestID(next http.Handler) http.Handler {
 			id = newRequestID()
 		}
 		w.Header().Set("X-Request-ID", id)
-		log := s.log.With("request_id", id)
+		remote := s.proxies.ClientIP(r)
+		log := s.log.With("request_id", id, "remote", remote)
 		ctx := context.WithValue(r.Context(), keyRequestID, id)
 		ctx = context.WithValue(ctx, keyLogger, log)
+		ctx = withClientIP(ctx, remote)
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 		next.ServeHTTP(rec, r.WithContext(ctx))
@@ -411,7 +441,7 @@ func (s *Server) withRequestID(next http.Handler) http.Handler {
 			return // probes every few seconds would drown the log
 		}
 		log.Info("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
-			"duration_ms", float64(time.Since(start).Microseconds())/1000, "remote", r.RemoteAddr)
+			"duration_ms", float64(time.Since(start).Microseconds())/1000)
 	})
 }
 

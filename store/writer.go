@@ -137,6 +137,8 @@ type Writer struct {
 	cfg   WriterConfig
 	log   *slog.Logger
 	start time.Time // queue times are durations since start (monotonic)
+	// onBatch observes successful inserts (OnBatch); nil: none.
+	onBatch atomic.Pointer[func(rows int, took time.Duration)]
 
 	// queue holds committed messages. Its capacity is QueueSize, and taken
 	// (places reserved or queued) never exceeds it, so a Commit always
@@ -595,6 +597,9 @@ func (w *Writer) recordBatch(n int, took time.Duration) {
 			break
 		}
 	}
+	if fn := w.onBatch.Load(); fn != nil {
+		(*fn)(n, took)
+	}
 	if took > w.cfg.SlowBatch {
 		w.log.Warn("store: writer: slow batch", "rows", n, "duration", took.Round(time.Millisecond))
 	}
@@ -677,6 +682,17 @@ type WriterStats struct {
 
 // Pending is how many accepted messages are not written yet.
 func (s WriterStats) Pending() int { return s.QueueDepth + s.InFlight }
+
+// OnBatch makes fn be called after every successful insert with its row
+// count and duration (metrics histograms); nil stops the calls. fn runs on
+// a worker and must not block.
+func (w *Writer) OnBatch(fn func(rows int, took time.Duration)) {
+	if fn == nil {
+		w.onBatch.Store(nil)
+		return
+	}
+	w.onBatch.Store(&fn)
+}
 
 // Stats returns the writer's counters. It is cheap: atomics only.
 func (w *Writer) Stats() WriterStats {

@@ -35,6 +35,7 @@ type serveConfig struct {
 	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
 
 	logLevel, logFormat string
+	trustedProxies      string
 }
 
 func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
@@ -54,6 +55,7 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
+	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
 	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
 	f.durationVar(&c.drainDelay, "drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
 	f.stringVar(&c.dbURL, "database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
@@ -111,6 +113,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	log = log.With("node", c.nodeName)
+	// The node's Prometheus registry (GET /metrics): made first, so that
+	// the relay and the writer report into it.
+	metrics := server.NewMetrics(c.nodeName)
 
 	// Resources are released in reverse order of creation, after the HTTP
 	// server and its connections.
@@ -167,7 +172,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			if brokerErr != nil {
 				return chat.NewMemoryBroker(h) // unused: serve fails below
 			}
-			return redisBroker
+			return metrics.InstrumentBroker(redisBroker)
+		}
+	} else {
+		newBroker = func(h chat.BrokerHandler) chat.Broker {
+			return metrics.InstrumentBroker(chat.NewMemoryBroker(h))
 		}
 	}
 
@@ -210,6 +219,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		return fail(err)
 	}
 	closers = append(closers, closer{"persistence queue", writer.Close})
+	writer.OnBatch(metrics.ObserveBatch)
 
 	hub, err := chat.NewHub(chat.Config{
 		NodeName:    c.nodeName,
@@ -260,7 +270,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			Logger:        log,
 			Meta: func() cluster.NodeMeta {
 				st := hub.Stats()
-				return cluster.NodeMeta{HTTPAddr: c.addr, Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms}
+				return cluster.NodeMeta{HTTPAddr: c.addr, Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms,
+					MessagesIn: st.MessagesIn, QueueDepth: writer.Stats().QueueDepth}
 			},
 		})
 		if err != nil {
@@ -294,18 +305,33 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")
 	}
 
+	sources := server.MetricsSources{Writer: writer.Stats}
+	if redisBroker != nil {
+		sources.Relay = redisBroker.Stats
+		sources.PresenceEntries = func() int { return redisPresence.Stats().Local }
+		if rl, ok := limiter.(*cluster.RedisConnLimiter); ok {
+			sources.Limiter = rl.Stats
+		}
+	}
+	if membership != nil {
+		sources.Members = membership.Members
+	}
+	metrics.SetSources(sources)
+
 	srv, err := server.New(server.Config{
 		JWTSecret:      []byte(c.secret),
 		AllowedOrigins: splitList(c.origins),
 		AdminToken:     c.adminToken,
 		DrainDelay:     c.drainDelay,
+		TrustedProxies: splitList(c.trustedProxies),
 	}, server.Options{
 		Hub:      hub,
 		Limiter:  limiter,
 		Logger:   log,
 		Messages: history,
 		Checks:   checks,
-		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker),
+		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
+		Metrics:  metrics,
 	})
 	if err != nil {
 		return fail(err)
@@ -354,9 +380,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 }
 
 // statsFunc builds the /api/stats document from what this node knows: the
-// cluster as memberlist gossips it, and the local hub and queue.
-func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Membership, rb *cluster.RedisBroker) func(context.Context) any {
-	return func(context.Context) any {
+// cluster as memberlist gossips it (every node's metadata, refreshed every
+// 2 s), the local hub and queue, and the status of this node's
+// dependencies (checks, each bounded by 1 s).
+//
+// Totals add up the alive nodes' figures: "users" and "rooms" are sums of
+// per-node distinct counts, so a user connected to two nodes (or a room
+// with members on two nodes) counts once per node.
+func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Membership, rb *cluster.RedisBroker, checks []server.Check) func(context.Context) any {
+	return func(ctx context.Context) any {
 		st := hub.Stats()
 		ws := writer.Stats()
 		type nodeStats struct {
@@ -367,36 +399,57 @@ func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Mem
 			Connections int    `json:"connections"`
 			Users       int    `json:"users"`
 			Rooms       int    `json:"rooms"`
+			MessagesIn  int64  `json:"messages_in"`
+			QueueDepth  int    `json:"queue_depth"`
 			Local       bool   `json:"local,omitempty"`
 		}
 		var nodes []nodeStats
-		totals := map[string]int{}
+		totals := map[string]int64{"nodes": 0, "nodes_alive": 0, "connections": 0, "users": 0, "rooms": 0, "messages_in": 0, "queue_depth": 0}
 		if ms == nil {
-			nodes = append(nodes, nodeStats{Name: node, State: "alive", Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms, Local: true})
+			nodes = append(nodes, nodeStats{Name: node, State: "alive", Connections: int(st.Connections), Users: st.Users, Rooms: st.Rooms,
+				MessagesIn: st.MessagesIn, QueueDepth: ws.QueueDepth, Local: true})
 		} else {
 			for _, m := range ms.Members() {
 				n := nodeStats{Name: m.Name, Address: m.Addr, HTTPAddr: m.Meta.HTTPAddr, State: string(m.State),
-					Connections: m.Meta.Connections, Users: m.Meta.Users, Rooms: m.Meta.Rooms, Local: m.Local}
+					Connections: m.Meta.Connections, Users: m.Meta.Users, Rooms: m.Meta.Rooms,
+					MessagesIn: m.Meta.MessagesIn, QueueDepth: m.Meta.QueueDepth, Local: m.Local}
 				if m.Local { // fresher than the gossiped copy
 					n.Connections, n.Users, n.Rooms = int(st.Connections), st.Users, st.Rooms
+					n.MessagesIn, n.QueueDepth = st.MessagesIn, ws.QueueDepth
 				}
 				nodes = append(nodes, n)
 			}
 		}
 		for _, n := range nodes {
+			totals["nodes"]++
 			if n.State == string(cluster.MemberAlive) {
 				totals["nodes_alive"]++
-				totals["connections"] += n.Connections
-				totals["users"] += n.Users
+				totals["connections"] += int64(n.Connections)
+				totals["users"] += int64(n.Users)
+				totals["rooms"] += int64(n.Rooms)
+				totals["messages_in"] += n.MessagesIn
+				totals["queue_depth"] += int64(n.QueueDepth)
 			}
 		}
+		deps := make(map[string]string, len(checks))
+		for _, c := range checks {
+			cctx, cancel := context.WithTimeout(ctx, time.Second)
+			if err := c.Check(cctx); err != nil {
+				deps[c.Name] = "unavailable: " + err.Error()
+			} else {
+				deps[c.Name] = "ok"
+			}
+			cancel()
+		}
 		doc := map[string]any{
-			"node":   node,
-			"nodes":  nodes,
-			"totals": totals,
+			"node":         node,
+			"nodes":        nodes,
+			"totals":       totals,
+			"dependencies": deps,
 			"local": map[string]any{
-				"connections": st.Connections, "users": st.Users, "rooms": st.Rooms,
+				"connections": st.Connections, "users": st.Users, "rooms": st.Rooms, "connects": st.Connects,
 				"messages_in": st.MessagesIn, "deliveries": st.Deliveries, "slow_consumers": st.SlowConsumers,
+				"refused": st.Refused, "dropped": st.Dropped,
 			},
 			"persistence": map[string]any{
 				"queue_depth":    ws.QueueDepth,
