@@ -7,11 +7,21 @@ import (
 	"time"
 )
 
-// newTestSession returns a session with no connection, for exercising the
-// hub's fan-out alone.
+// newTestSession returns a session with no connection (and so no writer),
+// for exercising the hub's fan-out alone.
 func newTestSession(h *Hub, id string) *Session {
 	return &Session{hub: h, id: id, user: id, log: h.log, channels: map[string]*channel{},
-		wake: make(chan struct{}, 1), done: make(chan struct{})}
+		done: make(chan struct{})}
+}
+
+// take removes and returns every frame queued for s.
+func (s *Session) take(buf [][]byte) [][]byte {
+	s.qmu.Lock()
+	buf = append(buf, s.queue...)
+	clear(s.queue)
+	s.queue, s.qbytes = s.queue[:0], 0
+	s.qmu.Unlock()
+	return buf
 }
 
 func TestHubJoinLeaveRoomLifecycle(t *testing.T) {

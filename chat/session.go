@@ -31,7 +31,13 @@ type Session struct {
 	queue   [][]byte
 	qbytes  int
 	qclosed bool
-	wake    chan struct{} // capacity 1: the queue has frames
+	// writing is set while a writer goroutine runs; one is started when
+	// frames are queued and none runs, and it ends when the queue is empty,
+	// so an idle connection has no writer goroutine.
+	writing bool
+	writers sync.WaitGroup
+	// wctx is the session's context, for writes; nil until run.
+	wctx context.Context
 	// joining holds the deliveries of rooms being joined with history,
 	// until the join reply is queued; guarded by qmu.
 	joining map[*room][]delivery
@@ -62,7 +68,6 @@ func newSession(h *Hub, conn *websocket.Conn, info ConnInfo) *Session {
 		user:     info.UserID,
 		log:      h.log.With("conn_id", info.ID, "user_id", info.UserID),
 		channels: make(map[string]*channel),
-		wake:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
 }
@@ -75,11 +80,9 @@ func (s *Session) run(ctx context.Context) error {
 	s.us = s.hub.acquireUser(s.user)
 	defer s.hub.releaseUser(s.user)
 
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		s.writeLoop(ctx)
-	}()
+	s.qmu.Lock()
+	s.wctx = ctx
+	s.qmu.Unlock()
 
 	idle := time.AfterFunc(s.hub.cfg.IdleTimeout, func() {
 		s.log.Info("closing idle connection")
@@ -95,8 +98,10 @@ func (s *Session) run(ctx context.Context) error {
 	}
 	s.closeQueue()
 	s.markDone()
+	// The writer sends what is queued (the last replies), within its
+	// write deadline, and ends.
+	s.writers.Wait()
 	cancel()
-	<-writerDone
 	s.conn.CloseNow()
 	return err
 }
@@ -298,10 +303,10 @@ func isObject(raw json.RawMessage) bool {
 // over its bounds the session is closed as a slow consumer and data dropped.
 func (s *Session) enqueue(data []byte) {
 	s.qmu.Lock()
-	ok := s.enqueueLocked(data)
+	start := s.enqueueLocked(data) && s.claimWriterLocked()
 	s.qmu.Unlock()
-	if ok {
-		s.signal()
+	if start {
+		go s.writeLoop()
 	}
 }
 
@@ -333,11 +338,15 @@ func (s *Session) overflowLocked() {
 	go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
 }
 
-func (s *Session) signal() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
+// claimWriterLocked reports whether the caller must start the writer
+// goroutine: frames are queued and no writer runs. qmu is held.
+func (s *Session) claimWriterLocked() bool {
+	if s.writing || len(s.queue) == 0 || s.wctx == nil {
+		return false
 	}
+	s.writing = true
+	s.writers.Add(1)
+	return true
 }
 
 // deliver hands s a frame of room r (carrying msg, when it is a message);
@@ -353,10 +362,10 @@ func (s *Session) deliver(r *room, msg Message, data []byte) {
 		s.qmu.Unlock()
 		return
 	}
-	ok := s.enqueueLocked(data)
+	start := s.enqueueLocked(data) && s.claimWriterLocked()
 	s.qmu.Unlock()
-	if ok {
-		s.signal()
+	if start {
+		go s.writeLoop()
 	}
 }
 
@@ -408,8 +417,11 @@ func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad)
 			}
 		}
 	}
+	start := s.claimWriterLocked()
 	s.qmu.Unlock()
-	s.signal()
+	if start {
+		go s.writeLoop()
+	}
 }
 
 func (s *Session) closeQueue() {
@@ -418,29 +430,28 @@ func (s *Session) closeQueue() {
 	s.qmu.Unlock()
 }
 
-// take removes and returns every queued frame.
-func (s *Session) take(buf [][]byte) [][]byte {
-	s.qmu.Lock()
-	buf = append(buf, s.queue...)
-	clear(s.queue)
-	s.queue = s.queue[:0]
-	s.qbytes = 0
-	s.qmu.Unlock()
-	return buf
-}
-
-func (s *Session) writeLoop(ctx context.Context) {
+// writeLoop writes queued frames until the queue is empty or the
+// connection fails.
+func (s *Session) writeLoop() {
+	defer s.writers.Done()
 	var batch [][]byte
 	for {
-		select {
-		case <-s.wake:
-		case <-s.done:
-			// Flush what the reader queued before it ended (a last reply).
-			s.flush(ctx, s.take(batch[:0]))
+		s.qmu.Lock()
+		if len(s.queue) == 0 {
+			s.writing = false
+			s.queue = nil // an idle connection keeps no buffer
+			s.qmu.Unlock()
 			return
 		}
-		batch = s.take(batch[:0])
-		if !s.flush(ctx, batch) {
+		batch = append(batch[:0], s.queue...)
+		clear(s.queue)
+		s.queue, s.qbytes = s.queue[:0], 0
+		s.qmu.Unlock()
+		if !s.flush(s.wctx, batch) {
+			s.qmu.Lock()
+			s.writing, s.qclosed = false, true
+			s.queue, s.qbytes = nil, 0
+			s.qmu.Unlock()
 			return
 		}
 		clear(batch)

@@ -99,6 +99,8 @@ type Server struct {
 
 	draining atomic.Bool
 	shutOnce sync.Once
+	// conns counts the goroutines serving upgraded connections.
+	conns sync.WaitGroup
 	shutErr  error
 	httpSrv  *http.Server
 }
@@ -214,6 +216,18 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("server: closing connections: %w", err))
 		}
 		s.cancelBase()
+		// The connections' goroutines end with their sessions; wait for
+		// their last steps (freeing connection slots).
+		done := make(chan struct{})
+		go func() {
+			s.conns.Wait()
+			close(done)
+		}()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			errs = append(errs, fmt.Errorf("server: connection goroutines: %w", ctx.Err()))
+		}
 		s.shutErr = errors.Join(errs...)
 	})
 	return s.shutErr
@@ -332,6 +346,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	connID := requestID(r.Context())
+	release := func() {}
 	if s.limiter != nil {
 		// The slot is named by the server: a client-chosen X-Request-ID
 		// repeated on many handshakes must not share one slot.
@@ -348,13 +363,13 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
 			return
 		}
-		defer func() {
+		release = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := s.limiter.Release(ctx, user, slotID); err != nil {
 				log.Warn("connection slot release failed", "err", err)
 			}
-		}()
+		}
 	}
 	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 		// The origin was checked above, with a JSON error.
@@ -362,11 +377,20 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	})
 	if err != nil {
 		log.Info("upgrade failed", "err", err)
+		release()
 		return
 	}
 	log.Info("connected", "user_id", user)
-	err = s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
-	log.Info("disconnected", "user_id", user, "err", err)
+	// The connection is served by a goroutine of its own, and this handler
+	// returns: the HTTP server's goroutine, whose stack grew while it read
+	// and routed the request, does not stay parked under every idle socket.
+	s.conns.Add(1)
+	go func() {
+		defer s.conns.Done()
+		defer release()
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+		log.Info("disconnected", "user_id", user, "err", err)
+	}()
 }
 
 // originAllowed applies the same-origin rule plus AllowedOrigins to a
