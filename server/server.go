@@ -100,9 +100,9 @@ type Server struct {
 	draining atomic.Bool
 	shutOnce sync.Once
 	// conns counts the goroutines serving upgraded connections.
-	conns sync.WaitGroup
-	shutErr  error
-	httpSrv  *http.Server
+	conns   sync.WaitGroup
+	shutErr error
+	httpSrv *http.Server
 }
 
 // New returns a server for opts.Hub.
