@@ -589,6 +589,9 @@ type ConnInfo struct {
 	ID string
 	// UserID is the authenticated user.
 	UserID string
+	// Cork, when set, is the network connection under conn: the session
+	// corks it while it writes a batch, so the batch leaves in one write.
+	Cork *CorkConn
 }
 
 // ErrDraining is returned by ServeConn once Shutdown has begun.

@@ -19,6 +19,7 @@ import (
 type Session struct {
 	hub  *Hub
 	conn *websocket.Conn
+	cork *CorkConn // nil: every frame is written on its own
 	id   string
 	user string
 	log  *slog.Logger
@@ -64,6 +65,7 @@ func newSession(h *Hub, conn *websocket.Conn, info ConnInfo) *Session {
 	return &Session{
 		hub:      h,
 		conn:     conn,
+		cork:     info.Cork,
 		id:       info.ID,
 		user:     info.UserID,
 		log:      h.log.With("conn_id", info.ID, "user_id", info.UserID),
@@ -466,12 +468,27 @@ func (s *Session) flush(ctx context.Context, batch [][]byte) bool {
 	}
 	wctx, cancel := context.WithTimeout(ctx, s.hub.cfg.WriteTimeout)
 	defer cancel()
+	fail := func(err error) bool {
+		s.log.Debug("write failed", "err", err)
+		s.markDone()
+		s.conn.CloseNow()
+		return false
+	}
+	if s.cork != nil && len(batch) > 1 {
+		s.cork.Cork()
+	}
 	for _, data := range batch {
 		if err := s.conn.Write(wctx, websocket.MessageText, data); err != nil {
-			s.log.Debug("write failed", "err", err)
-			s.markDone()
-			s.conn.CloseNow()
-			return false
+			if s.cork != nil {
+				s.cork.Uncork(time.Now())
+			}
+			return fail(err)
+		}
+	}
+	if s.cork != nil && len(batch) > 1 {
+		deadline, _ := wctx.Deadline()
+		if err := s.cork.Uncork(deadline); err != nil {
+			return fail(err)
 		}
 	}
 	return true

@@ -371,7 +371,8 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	cw := &corkingWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		// The origin was checked above, with a JSON error.
 		InsecureSkipVerify: true,
 	})
@@ -388,7 +389,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.conns.Done()
 		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, Cork: cw.cork})
 		log.Info("disconnected", "user_id", user, "err", err)
 	}()
 }
