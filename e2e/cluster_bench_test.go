@@ -101,10 +101,24 @@ func clBenchLatency(b *testing.B, r *clBenchRoom) {
 		}
 	}
 
-	lastBody := prefix + strconv.Itoa(b.N-1)
-	lat := make([]float64, 0, b.N*len(r.recv))
-	for _, cl := range r.recv {
-		msgs, ok := cl.waitMessages(r.topic, 30*time.Second, func(ms []psMsg) bool {
+	lat := receiveLatencies(b, r.recv, r.topic, prefix, b.N, sent)
+	pct := func(p float64) float64 { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
+	b.ReportMetric(0, "ns/op") // paced: time per op is the pace, not a cost
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
+	b.ReportMetric(pct(0.50), "p50-ms")
+	b.ReportMetric(pct(0.99), "p99-ms")
+	b.ReportMetric(lat[len(lat)-1], "max-ms")
+}
+
+// receiveLatencies waits until every receiver has the run's last message
+// (bodies prefix+0 .. prefix+n-1, sent at sent[i]) on topic, checks each got
+// all n, and returns every delivery's latency in ms, sorted.
+func receiveLatencies(b *testing.B, recv []*psClient, topic, prefix string, n int, sent []time.Time) []float64 {
+	b.Helper()
+	lastBody := prefix + strconv.Itoa(n-1)
+	lat := make([]float64, 0, n*len(recv))
+	for _, cl := range recv {
+		msgs, ok := cl.waitMessages(topic, 30*time.Second, func(ms []psMsg) bool {
 			return len(ms) > 0 && ms[len(ms)-1].Body == lastBody
 		})
 		if !ok {
@@ -117,21 +131,16 @@ func clBenchLatency(b *testing.B, r *clBenchRoom) {
 				continue
 			}
 			i, err := strconv.Atoi(seq)
-			if err != nil || i >= b.N {
+			if err != nil || i >= n {
 				b.Fatalf("unexpected body %q", m.Body)
 			}
 			lat = append(lat, float64(m.At.Sub(sent[i]))/float64(time.Millisecond))
 			got++
 		}
-		if got != b.N {
-			b.Fatalf("%s received %d of %d messages", cl.user, got, b.N)
+		if got != n {
+			b.Fatalf("%s received %d of %d messages", cl.user, got, n)
 		}
 	}
 	slices.Sort(lat)
-	pct := func(p float64) float64 { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
-	b.ReportMetric(0, "ns/op") // paced: time per op is the pace, not a cost
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-	b.ReportMetric(pct(0.50), "p50-ms")
-	b.ReportMetric(pct(0.99), "p99-ms")
-	b.ReportMetric(lat[len(lat)-1], "max-ms")
+	return lat
 }

@@ -8,9 +8,7 @@ package e2e
 
 import (
 	"fmt"
-	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -126,33 +124,7 @@ func psBenchLatency(b *testing.B, st *psBenchStack) {
 	}
 
 	// Latency at every receiver of every message of this run.
-	lastBody := prefix + strconv.Itoa(b.N-1)
-	lat := make([]float64, 0, b.N*len(st.recv))
-	for _, cl := range st.recv {
-		msgs, ok := cl.waitMessages(psBenchTopic, 30*time.Second, func(ms []psMsg) bool {
-			return len(ms) > 0 && ms[len(ms)-1].Body == lastBody
-		})
-		if !ok {
-			b.Fatalf("%s did not receive the run's last message", cl.user)
-		}
-		got := 0
-		for _, m := range msgs {
-			seq, ok := strings.CutPrefix(m.Body, prefix)
-			if !ok {
-				continue
-			}
-			i, err := strconv.Atoi(seq)
-			if err != nil || i >= b.N {
-				b.Fatalf("unexpected body %q", m.Body)
-			}
-			lat = append(lat, float64(m.At.Sub(sent[i]))/float64(time.Millisecond))
-			got++
-		}
-		if got != b.N {
-			b.Fatalf("%s received %d of %d messages", cl.user, got, b.N)
-		}
-	}
-	slices.Sort(lat)
+	lat := receiveLatencies(b, st.recv, psBenchTopic, prefix, b.N, sent)
 	pct := func(p float64) float64 { return lat[min(len(lat)-1, int(float64(len(lat))*p))] }
 
 	// Persistence lag: all of this run's messages in the table.

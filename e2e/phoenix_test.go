@@ -101,34 +101,12 @@ func TestPhoenixJSClient(t *testing.T) {
 		t.Fatalf("chatd token --user bob: %v", err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 45*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, node, "compat.mjs",
-		"--url", c.URL(), "--token-a", tokA, "--token-b", tokB, "--timeout-ms", "15000")
-	cmd.Dir = jsDir
-	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	start := time.Now()
-	runErr := cmd.Run()
-	t.Logf("node compat.mjs took %s", time.Since(start).Round(time.Millisecond))
-	if runErr != nil {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			t.Fatalf("node compat.mjs did not end within 45 s (its own timeout is 15 s)\nstderr:\n%s\nstdout:\n%s", &stderr, &stdout)
-		}
-		t.Fatalf("node compat.mjs failed: %v\nstderr:\n%s\nstdout:\n%s", runErr, &stderr, &stdout)
-	}
-	if stderr.Len() > 0 {
-		t.Logf("node compat.mjs stderr:\n%s", &stderr)
-	}
-
 	var s compatSummary
-	if err := json.Unmarshal(stdout.Bytes(), &s); err != nil {
-		t.Fatalf("compat.mjs summary is not JSON: %v\n%s", err, &stdout)
-	}
+	runNodeScript(t, node, jsDir, 45*time.Second, &s, "compat.mjs",
+		"--url", c.URL(), "--token-a", tokA, "--token-b", tokB, "--timeout-ms", "15000")
 	t.Logf("compat.mjs steps: %s", strings.Join(s.Steps, "; "))
 	if !s.OK {
-		t.Fatalf("compat.mjs exited 0 but reports ok=false: %s\n%s", s.Error, &stdout)
+		t.Fatalf("compat.mjs exited 0 but reports ok=false: %s", s.Error)
 	}
 
 	id := s.PushReply.Response.ID
@@ -168,5 +146,34 @@ func TestPhoenixJSClient(t *testing.T) {
 	// The token command's tokens are real tokens for this secret.
 	if user, err := server.ParseToken([]byte(testSecret), tokA); err != nil || user != "alice" {
 		t.Errorf("chatd token --user alice: ParseToken = %q, %v", user, err)
+	}
+}
+
+// runNodeScript runs `node script args...` in dir, failing the test with
+// node's output when it fails or outlives limit, and decodes the JSON
+// summary it prints on stdout into summary.
+func runNodeScript(t *testing.T, node, dir string, limit time.Duration, summary any, script string, args ...string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, append([]string{script}, args...)...)
+	cmd.Dir = dir
+	cmd.WaitDelay = 5 * time.Second
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	start := time.Now()
+	runErr := cmd.Run()
+	t.Logf("node %s took %s", script, time.Since(start).Round(time.Millisecond))
+	if runErr != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			t.Fatalf("node %s did not end within %s\nstderr:\n%s\nstdout:\n%s", script, limit, &stderr, &stdout)
+		}
+		t.Fatalf("node %s failed: %v\nstderr:\n%s\nstdout:\n%s", script, runErr, &stderr, &stdout)
+	}
+	if stderr.Len() > 0 {
+		t.Logf("node %s stderr:\n%s", script, &stderr)
+	}
+	if err := json.Unmarshal(stdout.Bytes(), summary); err != nil {
+		t.Fatalf("%s summary is not JSON: %v\n%s", script, err, &stdout)
 	}
 }
