@@ -371,6 +371,9 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
+	// no longer waits for this handler, ours does.
+	s.conns.Add(1)
 	cw := &corkingWriter{ResponseWriter: w}
 	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		// The origin was checked above, with a JSON error.
@@ -379,13 +382,13 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		log.Info("upgrade failed", "err", err)
 		release()
+		s.conns.Done()
 		return
 	}
 	log.Info("connected", "user_id", user)
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
 	// and routed the request, does not stay parked under every idle socket.
-	s.conns.Add(1)
 	go func() {
 		defer s.conns.Done()
 		defer release()
