@@ -382,12 +382,14 @@ func TestSlowConsumerIsDisconnected(t *testing.T) {
 }
 
 func TestIdleConnectionIsClosed(t *testing.T) {
-	s := startServer(t, chat.Config{IdleTimeout: 300 * time.Millisecond}, nil)
+	// The busy client sends a frame every 100 ms, far inside the idle
+	// timeout even on a loaded machine; the idle one sends none.
+	s := startServer(t, chat.Config{IdleTimeout: 1500 * time.Millisecond}, nil)
 	idle, busy := s.dial(t, "idle"), s.dial(t, "busy")
-	deadline := time.Now().Add(time.Second)
+	deadline := time.Now().Add(3 * time.Second)
 	for time.Now().Before(deadline) {
 		busy.heartbeat()
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	if code := idle.expectClosed(); code != websocket.StatusPolicyViolation {
 		t.Fatalf("idle close status %d", code)
