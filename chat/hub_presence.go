@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"maps"
 	"slices"
 	"sync"
@@ -171,10 +172,9 @@ func (h *Hub) trackPresence(ctx context.Context, s *Session, room, topic, joinRe
 		s.log.Warn("presence state unavailable", "room", room, "err", err)
 		state = map[string]*presenceMetas{e.UserID: {Metas: []PresenceMeta{e.Meta}}}
 	}
-	if data, err := EncodeBroadcast(topic, EventPresenceState, state); err == nil {
+	if payload, err := json.Marshal(state); err == nil {
 		// The push carries the channel's join_ref, as Phoenix's does.
-		f, _ := DecodeFrame(data)
-		s.enqueue(AppendFrame(nil, joinRef, "", topic, EventPresenceState, f.Payload))
+		s.enqueue(AppendFrame(nil, joinRef, "", topic, EventPresenceState, payload))
 	}
 	return &e
 }

@@ -305,11 +305,8 @@ func isObject(raw json.RawMessage) bool {
 // over its bounds the session is closed as a slow consumer and data dropped.
 func (s *Session) enqueue(data []byte) {
 	s.qmu.Lock()
-	start := s.enqueueLocked(data) && s.claimWriterLocked()
-	s.qmu.Unlock()
-	if start {
-		go s.writeLoop()
-	}
+	s.enqueueLocked(data)
+	s.unlockAndWrite()
 }
 
 // enqueueLocked queues data with qmu held; false means nothing was queued.
@@ -340,15 +337,18 @@ func (s *Session) overflowLocked() {
 	go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
 }
 
-// claimWriterLocked reports whether the caller must start the writer
-// goroutine: frames are queued and no writer runs. qmu is held.
-func (s *Session) claimWriterLocked() bool {
-	if s.writing || len(s.queue) == 0 || s.wctx == nil {
-		return false
+// unlockAndWrite releases qmu, which the caller holds, and starts the
+// writer goroutine when frames are queued and none runs.
+func (s *Session) unlockAndWrite() {
+	start := !s.writing && len(s.queue) > 0 && s.wctx != nil
+	if start {
+		s.writing = true
+		s.writers.Add(1)
 	}
-	s.writing = true
-	s.writers.Add(1)
-	return true
+	s.qmu.Unlock()
+	if start {
+		go s.writeLoop()
+	}
 }
 
 // deliver hands s a frame of room r (carrying msg, when it is a message);
@@ -364,11 +364,8 @@ func (s *Session) deliver(r *room, msg Message, data []byte) {
 		s.qmu.Unlock()
 		return
 	}
-	start := s.enqueueLocked(data) && s.claimWriterLocked()
-	s.qmu.Unlock()
-	if start {
-		go s.writeLoop()
-	}
+	s.enqueueLocked(data)
+	s.unlockAndWrite()
 }
 
 // startJoin begins holding back r's deliveries. The hub calls it with r.mu
@@ -419,11 +416,7 @@ func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad)
 			}
 		}
 	}
-	start := s.claimWriterLocked()
-	s.qmu.Unlock()
-	if start {
-		go s.writeLoop()
-	}
+	s.unlockAndWrite()
 }
 
 func (s *Session) closeQueue() {

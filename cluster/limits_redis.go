@@ -120,21 +120,13 @@ const refreshBatch = 500
 // they read TIME before writing, which needs Redis 5 or later.
 // Its methods are safe for concurrent use.
 type RedisConnLimiter struct {
+	redisLoops // client, refresh goroutine, Close
 	cfg        RedisConnLimiterConfig
 	log        *slog.Logger
-	client     *redis.Client
-	ownsClient bool
 	userPrefix string // "<Prefix>:conns:"
 	nodeKey    string // "<Prefix>:conns-node:<NodeName>"
 	nodePrefix string // "<Prefix>:conns-node:"
 	leaseMs    int64
-
-	done      chan struct{}
-	stopCtx   context.Context // canceled by Close: ends a round in flight
-	stop      context.CancelFunc
-	isClosed  atomic.Bool
-	closeOnce sync.Once
-	wg        sync.WaitGroup
 
 	// mu guards the fields below; it is never held across network I/O.
 	mu         sync.Mutex
@@ -272,45 +264,20 @@ func NewRedisConnLimiter(cfg RedisConnLimiterConfig) (*RedisConnLimiter, error) 
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	client, owns, err := redisClientFrom(cfg.Client, cfg.URL, cfg.Logger, "redis conn limiter")
-	if err != nil {
-		return nil, err
-	}
-	stopCtx, stop := context.WithCancel(context.Background())
-	return &RedisConnLimiter{
+	l := &RedisConnLimiter{
 		cfg:        cfg,
 		log:        cfg.Logger,
-		client:     client,
-		ownsClient: owns,
 		userPrefix: cfg.Prefix + ":conns:",
 		nodePrefix: cfg.Prefix + ":conns-node:",
 		nodeKey:    cfg.Prefix + ":conns-node:" + cfg.NodeName,
 		leaseMs:    cfg.Lease.Milliseconds(),
-		done:       make(chan struct{}),
-		stopCtx:    stopCtx,
-		stop:       stop,
 		held:       make(map[slot]struct{}),
 		orphans:    make(map[slot]struct{}),
-	}, nil
-}
-
-// redisClientFrom returns client, or else a new client for url that the
-// caller owns (with context deadlines honoured and no retries). what names
-// the component in errors and logs.
-func redisClientFrom(client *redis.Client, url string, log *slog.Logger, what string) (*redis.Client, bool, error) {
-	if client != nil {
-		if !client.Options().ContextTimeoutEnabled {
-			log.Warn(what + ": the Redis client ignores context deadlines (ContextTimeoutEnabled is off): calls may outlast their timeouts while Redis hangs")
-		}
-		return client, false, nil
 	}
-	opt, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, false, fmt.Errorf("cluster: %s: %w", what, err)
+	if err := l.init(cfg.Client, cfg.URL, cfg.Logger, "redis conn limiter"); err != nil {
+		return nil, err
 	}
-	opt.MaxRetries = -1
-	opt.ContextTimeoutEnabled = true
-	return redis.NewClient(opt), true, nil
+	return l, nil
 }
 
 // Run starts the goroutine that refreshes this node's leases (and frees
@@ -341,24 +308,7 @@ func (l *RedisConnLimiter) Run() error {
 // after Lease, or are freed at once by another node's ReleaseNode. Later
 // Acquires fail with ErrLimiterClosed; later Releases do nothing. Close is
 // idempotent.
-func (l *RedisConnLimiter) Close() error {
-	var err error
-	l.closeOnce.Do(func() {
-		l.isClosed.Store(true)
-		close(l.done)
-		l.stop()
-		// go-redis does not watch a context's cancellation, only its
-		// deadline: closing our own client is what ends a round stuck on
-		// a hung Redis. A shared client's round ends by its timeout.
-		if l.ownsClient {
-			if cerr := l.client.Close(); cerr != nil {
-				err = fmt.Errorf("cluster: redis conn limiter: %w", cerr)
-			}
-		}
-		l.wg.Wait()
-	})
-	return err
-}
+func (l *RedisConnLimiter) Close() error { return l.shutdown() }
 
 // Acquire implements chat.ConnLimiter with one atomic script on Redis. It
 // returns chat.ErrTooManyConnections when user holds Max slots across the

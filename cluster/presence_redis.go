@@ -133,10 +133,9 @@ var ErrPresenceClosed = errors.New("cluster: redis presence closed")
 // single Redis server (or one Redis Cluster shard), as RedisBroker does.
 // Its methods are safe for concurrent use.
 type RedisPresence struct {
+	redisLoops  // client, alive and sweep goroutines, Close
 	cfg         RedisPresenceConfig
 	log         *slog.Logger
-	client      *redis.Client
-	ownsClient  bool
 	run         string // identifies this RedisPresence among runs of the node
 	roomPrefix  string // "<Prefix>:presence:"
 	nodePrefix  string // "<Prefix>:presence-node:"
@@ -145,13 +144,7 @@ type RedisPresence struct {
 	nodeKey     string // nodePrefix + NodeName
 	aliveKey    string // alivePrefix + NodeName
 
-	done      chan struct{}
-	stopCtx   context.Context // canceled by Close: ends a round in flight
-	stop      context.CancelFunc
-	isClosed  atomic.Bool
-	closeOnce sync.Once
-	wg        sync.WaitGroup
-	cbMu      sync.Mutex // serialises OnRemoved and OnRestored calls
+	cbMu sync.Mutex // serialises OnRemoved and OnRestored calls
 
 	// mu guards the fields below; it is never held across network I/O or a
 	// callback.
@@ -326,28 +319,23 @@ func NewRedisPresence(cfg RedisPresenceConfig) (*RedisPresence, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	client, owns, err := redisClientFrom(cfg.Client, cfg.URL, cfg.Logger, "redis presence")
-	if err != nil {
-		return nil, err
-	}
 	var id [8]byte
 	rand.Read(id[:])
 	p := &RedisPresence{
 		cfg:         cfg,
 		log:         cfg.Logger,
-		client:      client,
-		ownsClient:  owns,
 		run:         hex.EncodeToString(id[:]),
 		roomPrefix:  cfg.Prefix + ":presence:",
 		nodePrefix:  cfg.Prefix + ":presence-node:",
 		alivePrefix: cfg.Prefix + ":alive:",
 		nodesKey:    cfg.Prefix + ":nodes",
-		done:        make(chan struct{}),
 		local:       make(map[string]map[string]chat.PresenceEntry),
 		orphans:     make(map[roomRef]struct{}),
 		needCleanup: true,
 	}
-	p.stopCtx, p.stop = context.WithCancel(context.Background())
+	if err := p.init(cfg.Client, cfg.URL, cfg.Logger, "redis presence"); err != nil {
+		return nil, err
+	}
 	p.nodeKey = p.nodePrefix + cfg.NodeName
 	p.aliveKey = p.alivePrefix + cfg.NodeName
 	return p, nil
@@ -380,23 +368,7 @@ func (p *RedisPresence) Run() error {
 // by another node's RemoveNode or sweeper once this node's alive key
 // lapses, which reports them. Later calls fail with ErrPresenceClosed.
 // Close is idempotent.
-func (p *RedisPresence) Close() error {
-	var err error
-	p.closeOnce.Do(func() {
-		p.isClosed.Store(true)
-		close(p.done)
-		p.stop()
-		// As in RedisConnLimiter.Close: closing our own client ends a
-		// round stuck on a hung Redis.
-		if p.ownsClient {
-			if cerr := p.client.Close(); cerr != nil {
-				err = fmt.Errorf("cluster: redis presence: %w", cerr)
-			}
-		}
-		p.wg.Wait()
-	})
-	return err
-}
+func (p *RedisPresence) Close() error { return p.shutdown() }
 
 // encode returns e as stored in a room's hash.
 func (p *RedisPresence) encode(e chat.PresenceEntry) string {

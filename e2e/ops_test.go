@@ -5,6 +5,7 @@ package e2e
 // scripted run, and who may read them.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,8 +18,6 @@ import (
 
 	"github.com/coder/websocket"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/chatd/chatd/internal/testsvc"
 )
@@ -193,42 +192,7 @@ func opsScrape(t testing.TB, c *testsvc.Chatd, auth string) map[string]*dto.Metr
 	if status != http.StatusOK {
 		t.Fatalf("GET /metrics: %d %s", status, body)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
-	if err != nil {
-		t.Fatalf("/metrics does not parse as Prometheus text format: %v", err)
-	}
-	return fams
-}
-
-// opsValue returns the value of name's sample with the given label pairs
-// (counters, gauges; a histogram's sample count).
-func opsValue(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.GetMetric() {
-		for i := 0; i+1 < len(labels); i += 2 {
-			ok := false
-			for _, lp := range m.GetLabel() {
-				ok = ok || lp.GetName() == labels[i] && lp.GetValue() == labels[i+1]
-			}
-			if !ok {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		}
-	}
-	return 0, false
+	return testsvc.ParseMetrics(t, bytes.NewReader(body))
 }
 
 // TestOpsMetricsScriptedRun: after a known run against a real process, the
@@ -297,7 +261,7 @@ func TestOpsMetricsScriptedRun(t *testing.T) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		fams = opsScrape(t, c, "Bearer "+admin)
-		if v, _ := opsValue(fams, "chatd_persist_messages_written_total"); v == n || time.Now().After(deadline) {
+		if v, _ := testsvc.MetricValue(fams, "chatd_persist_messages_written_total"); v == n || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -323,22 +287,22 @@ func TestOpsMetricsScriptedRun(t *testing.T) {
 		{"chatd_persist_failures_total", nil, 0},
 		{"chatd_relay_publish_errors_total", nil, 0},
 	} {
-		if got, ok := opsValue(fams, w.name, w.labels...); !ok || got != w.value {
+		if got, ok := testsvc.MetricValue(fams, w.name, w.labels...); !ok || got != w.value {
 			t.Errorf("%s%v = %v (present: %v), want %v", w.name, w.labels, got, ok, w.value)
 		}
 	}
 	// Each of the 7 messages reached both members.
-	if v, _ := opsValue(fams, "chatd_messages_delivered_total"); v < 2*n {
+	if v, _ := testsvc.MetricValue(fams, "chatd_messages_delivered_total"); v < 2*n {
 		t.Errorf("chatd_messages_delivered_total = %v, want at least %d", v, 2*n)
 	}
 	// Every message went through the relay once (presence diffs too).
-	if v, _ := opsValue(fams, "chatd_relay_publish_duration_seconds"); v < n {
+	if v, _ := testsvc.MetricValue(fams, "chatd_relay_publish_duration_seconds"); v < n {
 		t.Errorf("relay publish latency observations = %v, want at least %d", v, n)
 	}
-	if v, _ := opsValue(fams, "chatd_persist_batch_size"); v < 1 {
+	if v, _ := testsvc.MetricValue(fams, "chatd_persist_batch_size"); v < 1 {
 		t.Errorf("no batch observed")
 	}
-	if v, _ := opsValue(fams, "chatd_persist_write_duration_seconds"); v < 1 {
+	if v, _ := testsvc.MetricValue(fams, "chatd_persist_write_duration_seconds"); v < 1 {
 		t.Errorf("no write latency observed")
 	}
 	for _, name := range []string{"go_goroutines", "go_memstats_heap_alloc_bytes", "process_cpu_seconds_total", "process_open_fds"} {

@@ -10,10 +10,9 @@ import (
 
 	"github.com/coder/websocket"
 	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 
 	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/internal/testsvc"
 )
 
 // scrape GETs /metrics (as a direct loopback client: no admin token is set)
@@ -31,46 +30,7 @@ func scrape(tb testing.TB, base string) map[string]*dto.MetricFamily {
 		b, _ := io.ReadAll(resp.Body)
 		tb.Fatalf("GET /metrics: %s %s", resp.Status, b)
 	}
-	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(resp.Body)
-	if err != nil {
-		tb.Fatalf("/metrics does not parse as Prometheus text: %v", err)
-	}
-	return fams
-}
-
-// metricValue returns the value of name's sample whose labels include
-// labels (name=value pairs), and whether there is one.
-func metricValue(fams map[string]*dto.MetricFamily, name string, labels ...string) (float64, bool) {
-	f := fams[name]
-	if f == nil {
-		return 0, false
-	}
-next:
-	for _, m := range f.GetMetric() {
-		for i := 0; i+1 < len(labels); i += 2 {
-			found := false
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch {
-		case m.Counter != nil:
-			return m.Counter.GetValue(), true
-		case m.Gauge != nil:
-			return m.Gauge.GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.Histogram.GetSampleCount()), true
-		case m.Untyped != nil:
-			return m.Untyped.GetValue(), true
-		}
-	}
-	return 0, false
+	return testsvc.ParseMetrics(tb, resp.Body)
 }
 
 // TestMetricsScriptedRun drives a known run through a server and checks
@@ -146,13 +106,13 @@ func TestMetricsScriptedRun(t *testing.T) {
 		{"chatd_relay_publish_errors_total", nil, 0},
 	}
 	for _, w := range want {
-		got, ok := metricValue(fams, w.name, w.labels...)
+		got, ok := testsvc.MetricValue(fams, w.name, w.labels...)
 		if !ok || got != w.value {
 			t.Errorf("%s%v = %v (present %v), want %v", w.name, w.labels, got, ok, w.value)
 		}
 	}
 	// Deliveries: 5 messages to 2 members, plus presence diffs.
-	if got, _ := metricValue(fams, "chatd_messages_delivered_total"); got < 10 {
+	if got, _ := testsvc.MetricValue(fams, "chatd_messages_delivered_total"); got < 10 {
 		t.Errorf("chatd_messages_delivered_total = %v, want at least 10", got)
 	}
 	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes"} {
@@ -183,13 +143,13 @@ func TestMetricsRegistryPerServer(t *testing.T) {
 	b := startServer(t, chat.Config{NodeName: "b"}, nil)
 	a.dial(t, "u1")
 	fa, fb := scrape(t, a.ts.URL), scrape(t, b.ts.URL)
-	if v, _ := metricValue(fa, "chatd_connects_total"); v != 1 {
+	if v, _ := testsvc.MetricValue(fa, "chatd_connects_total"); v != 1 {
 		t.Errorf("a: connects = %v, want 1", v)
 	}
-	if v, _ := metricValue(fb, "chatd_connects_total"); v != 0 {
+	if v, _ := testsvc.MetricValue(fb, "chatd_connects_total"); v != 0 {
 		t.Errorf("b: connects = %v, want 0", v)
 	}
-	if _, ok := metricValue(fb, "chatd_connections", "node", "b"); !ok {
+	if _, ok := testsvc.MetricValue(fb, "chatd_connections", "node", "b"); !ok {
 		t.Errorf("b: chatd_connections{node=b} missing")
 	}
 }
