@@ -18,6 +18,26 @@ import (
 	"github.com/chatd/chatd/internal/testsvc"
 )
 
+// running fails tb on err, runs c, and closes it when tb ends.
+func running[C interface {
+	Run() error
+	Close() error
+}](tb testing.TB, c C, err error) C {
+	tb.Helper()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := c.Run(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
 // startBroker makes and runs a RedisBroker, closed when tb ends.
 func startBroker(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.BrokerHandler) *cluster.RedisBroker {
 	tb.Helper()
@@ -25,18 +45,7 @@ func startBroker(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.BrokerHand
 		cfg.Logger = testsvc.Logger(tb)
 	}
 	b, err := cluster.NewRedisBroker(cfg, h)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := b.Run(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := b.Close(); err != nil {
-			tb.Errorf("Close: %v", err)
-		}
-	})
-	return b
+	return running(tb, b, err)
 }
 
 // redisNodes makes broker nodes that share srv.

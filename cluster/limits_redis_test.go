@@ -23,18 +23,7 @@ func startLimiter(tb testing.TB, cfg cluster.RedisConnLimiterConfig) *cluster.Re
 		cfg.Logger = testsvc.Logger(tb)
 	}
 	l, err := cluster.NewRedisConnLimiter(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := l.Run(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			tb.Errorf("Close: %v", err)
-		}
-	})
-	return l
+	return running(tb, l, err)
 }
 
 func TestRedisConnLimiter(t *testing.T) {

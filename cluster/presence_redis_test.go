@@ -24,18 +24,7 @@ func startPresence(tb testing.TB, cfg cluster.RedisPresenceConfig) *cluster.Redi
 		cfg.Logger = testsvc.Logger(tb)
 	}
 	p, err := cluster.NewRedisPresence(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	if err := p.Run(); err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() {
-		if err := p.Close(); err != nil {
-			tb.Errorf("Close: %v", err)
-		}
-	})
-	return p
+	return running(tb, p, err)
 }
 
 func TestRedisPresence(t *testing.T) {
