@@ -209,7 +209,9 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
-				if err := l.push(pctx, c, pad); err != nil && pctx.Err() == nil {
+				// The write uses the run's context: the library closes a
+				// connection whose write context ends mid-write.
+				if err := l.push(ctx, c, pad); err != nil {
 					writeErrs.Add(1)
 					return
 				}
@@ -223,8 +225,8 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 	}
 	pwg.Wait()
 	res.PublishSeconds = time.Since(start).Seconds()
-	// Let the last messages arrive: until every acked message reached its
-	// room's members, or 10 s.
+	// Let the last messages arrive: until every push is answered and every
+	// acked message reached its room's members, or 10 s.
 	expected := func() int64 {
 		var e int64
 		l.acksByRoom.Range(func(k, v any) bool {
@@ -234,7 +236,10 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 		return e
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for l.delivered.Load() < expected() && time.Now().Before(deadline) {
+	settled := func() bool {
+		return l.acked.Load()+l.refused.Load() >= l.sent.Load() && l.delivered.Load() >= expected()
+	}
+	for !settled() && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
