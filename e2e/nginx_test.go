@@ -114,7 +114,7 @@ func startNginx(t *testing.T, upstreams []string) *nxNginx {
 		if _, err2 := os.Stat("/usr/sbin/nginx"); err2 == nil {
 			bin = "/usr/sbin/nginx"
 		} else {
-			t.Skip("nginx is not installed (apt-get install nginx-light)")
+			t.Fatal("nginx is not installed: run ./scripts/deps.sh (apt-get install nginx)")
 		}
 	}
 	prefix := t.TempDir()
