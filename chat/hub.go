@@ -12,7 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/chatd/chatd/ws"
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 )
@@ -35,6 +35,12 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds every write to a connection. Zero: 10 s.
 	WriteTimeout time.Duration
+	// WriteInterval is the shortest time between two writes to one
+	// connection: a connection that wrote less than that long ago waits out
+	// the rest, and the frames queued meanwhile leave in one system call.
+	// A connection receiving a frame now and then writes it at once; one
+	// receiving hundreds a second writes them in batches. Zero: no wait.
+	WriteInterval time.Duration
 	// SendQueueLen is the most frames queued for one connection; a
 	// connection that falls further behind is closed as a slow consumer.
 	// Zero: 1024.
@@ -93,7 +99,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("chat: limits must not be negative")
 	case c.UserRate < 0:
 		return errors.New("chat: user rate must not be negative")
-	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
+	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.WriteInterval < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
 		return errors.New("chat: timeouts must not be negative")
 	}
 	return nil
@@ -589,9 +595,6 @@ type ConnInfo struct {
 	ID string
 	// UserID is the authenticated user.
 	UserID string
-	// Cork, when set, is the network connection under conn: the session
-	// corks it while it writes a batch, so the batch leaves in one write.
-	Cork *CorkConn
 }
 
 // ErrDraining is returned by ServeConn once Shutdown has begun.
@@ -599,12 +602,13 @@ var ErrDraining = errors.New("chat: node is draining")
 
 // ServeConn runs the protocol on conn until the connection ends, the
 // context is cancelled or the hub shuts down. It owns conn and closes it.
-func (h *Hub) ServeConn(ctx context.Context, conn *websocket.Conn, info ConnInfo) error {
+func (h *Hub) ServeConn(ctx context.Context, conn *ws.Conn, info ConnInfo) error {
 	s := newSession(h, conn, info)
 	h.sessMu.Lock()
 	if h.draining.Load() {
 		h.sessMu.Unlock()
-		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		conn.Close(ws.StatusGoingAway, "server shutting down")
+		conn.CloseNow()
 		return ErrDraining
 	}
 	h.sessions[s] = struct{}{}
@@ -648,7 +652,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		}
 		go func() {
 			defer func() { <-sem }()
-			s.closeGracefully(websocket.StatusGoingAway, "server shutting down")
+			s.closeGracefully(ws.StatusGoingAway, "server shutting down")
 		}()
 	}
 

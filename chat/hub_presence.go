@@ -163,13 +163,13 @@ func (h *Hub) trackPresence(ctx context.Context, s *Session, room, topic, joinRe
 	ctx, cancel := context.WithTimeout(ctx, presenceTimeout)
 	defer cancel()
 	if err := h.presence.Add(ctx, room, e); err != nil {
-		s.log.Warn("presence not recorded", "room", room, "err", err)
+		s.logger().Warn("presence not recorded", "room", room, "err", err)
 		return nil
 	}
 	h.presenceDiffs.add(room, []PresenceEntry{e}, nil)
 	state, err := h.PresenceState(ctx, room)
 	if err != nil {
-		s.log.Warn("presence state unavailable", "room", room, "err", err)
+		s.logger().Warn("presence state unavailable", "room", room, "err", err)
 		state = map[string]*presenceMetas{e.UserID: {Metas: []PresenceMeta{e.Meta}}}
 	}
 	if payload, err := json.Marshal(state); err == nil {

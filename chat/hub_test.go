@@ -10,7 +10,7 @@ import (
 // newTestSession returns a session with no connection (and so no writer),
 // for exercising the hub's fan-out alone.
 func newTestSession(h *Hub, id string) *Session {
-	return &Session{hub: h, id: id, user: id, log: h.log, channels: map[string]*channel{},
+	return &Session{hub: h, id: id, user: id, channels: map[string]*channel{},
 		done: make(chan struct{})}
 }
 

@@ -46,40 +46,188 @@ var errFrameShape = errors.New("chat: invalid frame")
 // The payload is kept raw and is not validated beyond being JSON: a frame
 // whose refs are readable can still get an error reply on its own ref.
 func DecodeFrame(data []byte) (Frame, error) {
-	var parts []json.RawMessage
-	if err := json.Unmarshal(data, &parts); err != nil {
-		return Frame{}, fmt.Errorf("%w: %v", errFrameShape, err)
-	}
-	if len(parts) != 5 {
-		return Frame{}, fmt.Errorf("%w: want 5 elements, got %d", errFrameShape, len(parts))
+	d := frameDecoder{b: data}
+	d.space()
+	if !d.take('[') {
+		return Frame{}, fmt.Errorf("%w: not a JSON array", errFrameShape)
 	}
 	var f Frame
-	var err error
-	if f.JoinRef, err = decodeRef(parts[0]); err != nil {
-		return Frame{}, fmt.Errorf("%w: join_ref: %v", errFrameShape, err)
+	var ok bool
+	if f.JoinRef, ok = d.ref(); !ok {
+		return Frame{}, fmt.Errorf("%w: join_ref must be a string or null", errFrameShape)
 	}
-	if f.Ref, err = decodeRef(parts[1]); err != nil {
-		return Frame{}, fmt.Errorf("%w: ref: %v", errFrameShape, err)
+	if !d.take(',') {
+		return Frame{}, errFrameLength
 	}
-	if err := json.Unmarshal(parts[2], &f.Topic); err != nil || f.Topic == "" {
+	if f.Ref, ok = d.ref(); !ok {
+		return Frame{}, fmt.Errorf("%w: ref must be a string or null", errFrameShape)
+	}
+	if !d.take(',') {
+		return Frame{}, errFrameLength
+	}
+	if f.Topic, ok = d.str(); !ok || f.Topic == "" {
 		return Frame{}, fmt.Errorf("%w: topic must be a non-empty string", errFrameShape)
 	}
-	if err := json.Unmarshal(parts[3], &f.Event); err != nil || f.Event == "" {
+	if !d.take(',') {
+		return Frame{}, errFrameLength
+	}
+	if f.Event, ok = d.str(); !ok || f.Event == "" {
 		return Frame{}, fmt.Errorf("%w: event must be a non-empty string", errFrameShape)
 	}
-	f.Payload = parts[4]
+	if !d.take(',') {
+		return Frame{}, errFrameLength
+	}
+	// The rest is the payload, one JSON value, and the closing bracket.
+	rest := bytes.TrimRight(data[d.i:], jsonSpace)
+	if len(rest) == 0 || rest[len(rest)-1] != ']' {
+		return Frame{}, fmt.Errorf("%w: unterminated array", errFrameShape)
+	}
+	payload := bytes.TrimSpace(rest[:len(rest)-1])
+	if len(payload) == 0 || !json.Valid(payload) {
+		return Frame{}, fmt.Errorf("%w: want 5 elements, the last one a JSON value", errFrameShape)
+	}
+	f.Payload = payload
 	return f, nil
 }
 
-func decodeRef(raw json.RawMessage) (string, error) {
-	if bytes.Equal(raw, []byte("null")) {
-		return "", nil
+var errFrameLength = fmt.Errorf("%w: want 5 elements", errFrameShape)
+
+const jsonSpace = " \t\n\r"
+
+// frameDecoder reads the fixed head of a frame: strings and nulls. It
+// does not recurse, so decoding keeps a small stack.
+type frameDecoder struct {
+	b []byte
+	i int
+}
+
+func (d *frameDecoder) space() {
+	for d.i < len(d.b) {
+		switch d.b[d.i] {
+		case ' ', '\t', '\n', '\r':
+			d.i++
+		default:
+			return
+		}
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", errors.New("must be a string or null")
+}
+
+// take skips whitespace and c; false when the next byte is not c.
+func (d *frameDecoder) take(c byte) bool {
+	d.space()
+	if d.i < len(d.b) && d.b[d.i] == c {
+		d.i++
+		d.space()
+		return true
 	}
-	return s, nil
+	return false
+}
+
+// ref reads a string or null (as "").
+func (d *frameDecoder) ref() (string, bool) {
+	if bytes.HasPrefix(d.b[d.i:], []byte("null")) {
+		d.i += 4
+		return "", true
+	}
+	return d.str()
+}
+
+// str reads a JSON string.
+func (d *frameDecoder) str() (string, bool) {
+	if d.i >= len(d.b) || d.b[d.i] != '"' {
+		return "", false
+	}
+	start := d.i
+	escaped := false
+	for j := start + 1; j < len(d.b); j++ {
+		switch c := d.b[j]; {
+		case c == '"':
+			d.i = j + 1
+			if raw := d.b[start+1 : j]; !escaped && utf8.Valid(raw) {
+				return string(raw), true
+			}
+			// Escapes, or invalid UTF-8 to replace as encoding/json does.
+			var s string
+			if json.Unmarshal(d.b[start:j+1], &s) != nil {
+				return "", false
+			}
+			return s, true
+		case c == '\\':
+			escaped = true
+			j++
+		case c < 0x20:
+			return "", false
+		}
+	}
+	return "", false
+}
+
+// stringMember returns the raw value of key in obj, a JSON object already
+// known to be valid JSON; the last occurrence wins, as in encoding/json.
+// ok is false when obj is not an object. It scans without recursion.
+func stringMember(obj []byte, key string) (raw []byte, ok bool) {
+	d := frameDecoder{b: obj}
+	d.space()
+	if !d.take('{') {
+		return nil, false
+	}
+	if d.take('}') {
+		return nil, true
+	}
+	for {
+		k, kok := d.str()
+		if !kok || !d.take(':') {
+			return nil, false
+		}
+		start := d.i
+		d.skipValue()
+		if k == key {
+			raw = obj[start:d.i]
+		}
+		d.space()
+		if d.take(',') {
+			continue
+		}
+		return raw, d.take('}')
+	}
+}
+
+// skipValue moves past one value of valid JSON, without recursion.
+func (d *frameDecoder) skipValue() {
+	depth := 0
+	for d.i < len(d.b) {
+		switch d.b[d.i] {
+		case '"':
+			d.i++
+			for d.i < len(d.b) && d.b[d.i] != '"' {
+				if d.b[d.i] == '\\' {
+					d.i++
+				}
+				d.i++
+			}
+			d.i++
+			if depth == 0 {
+				return
+			}
+			continue
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return // the end of the enclosing object
+			}
+			depth--
+			if depth == 0 {
+				d.i++
+				return
+			}
+		case ',', ' ', '\t', '\n', '\r':
+			if depth == 0 {
+				return
+			}
+		}
+		d.i++
+	}
 }
 
 // AppendFrame appends the encoding of [joinRef, ref, topic, event, payload]

@@ -190,3 +190,72 @@ func BenchmarkEncodeReply(b *testing.B) {
 		EncodeReply(f, resp)
 	}
 }
+
+// FuzzStringMember checks the scanner that reads a push's body against
+// encoding/json: for every valid JSON object, the raw value it finds for a
+// key is the one json.Unmarshal keeps (the last occurrence).
+func FuzzStringMember(f *testing.F) {
+	for _, seed := range []string{
+		`{"body":"hi"}`,
+		`{}`,
+		` { "a" : [1, {"body": "inner"}], "body" : "outer" } `,
+		`{"body":"x","body":"y"}`,
+		`{"b\u006fdy":"escaped key"}`,
+		`{"body":{"nested":["]","}"]},"z":null}`,
+		`{"body":"a \"quoted\" \\ string"}`,
+		`{"n":-1.5e3,"t":true,"f":false,"body":"last"}`,
+		`[1,2]`,
+		`"body"`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return
+		}
+		raw, ok := stringMember(data, "body")
+		var m map[string]json.RawMessage
+		isObject := json.Unmarshal(data, &m) == nil
+		if ok != isObject {
+			t.Fatalf("stringMember(%q) ok=%v, encoding/json object=%v", data, ok, isObject)
+		}
+		if !ok {
+			return
+		}
+		want, found := m["body"]
+		if found != (raw != nil) || !bytes.Equal(bytes.TrimSpace(raw), bytes.TrimSpace(want)) {
+			t.Fatalf("stringMember(%q) = %q, encoding/json has %q (found %v)", data, raw, want, found)
+		}
+	})
+}
+
+func TestDecodeFrameShapes(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{`["1","2","room:a","new_msg",{"body":"hi"}]`, true},
+		{` [ null , "2" , "phoenix" , "heartbeat" , {} ] `, true},
+		{`["1","2","room:a","new_msg",{}]x`, false},
+		{`["1","2","room:a","new_msg",{},3]`, false},
+		{`["1","2","room:a","new_msg"]`, false},
+		{`["1","2","room:a","new_msg",]`, false},
+		{`[1,"2","room:a","new_msg",{}]`, false},
+		{`["1","2","","new_msg",{}]`, false},
+		{`["1","2","room:\u0061","new_msg",{"a":[1,{"b":"]"}]}]`, true},
+		{`["1","2","room:a","new_msg",{"a":1]`, false},
+		{"[\"1\",\"2\",\"room:\x01\",\"e\",{}]", false},
+	} {
+		f, err := DecodeFrame([]byte(tc.in))
+		if (err == nil) != tc.ok {
+			t.Errorf("DecodeFrame(%s): err %v, want ok=%v", tc.in, err, tc.ok)
+		}
+		if err == nil && !json.Valid(f.Payload) {
+			t.Errorf("DecodeFrame(%s): payload %q is not JSON", tc.in, f.Payload)
+		}
+	}
+	f, _ := DecodeFrame([]byte(`["1","2","room:\u0061","new_msg",{"a":[1,{"b":"]"}]}]`))
+	if f.Topic != "room:a" || string(f.Payload) != `{"a":[1,{"b":"]"}]}` {
+		t.Errorf("escaped topic or nested payload: %+v", f)
+	}
+}

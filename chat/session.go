@@ -10,7 +10,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/coder/websocket"
+	"github.com/chatd/chatd/ws"
 )
 
 // Session is one WebSocket connection. Its reader goroutine (the caller of
@@ -18,11 +18,9 @@ import (
 // drains a bounded send queue. Anything may enqueue; enqueue never blocks.
 type Session struct {
 	hub  *Hub
-	conn *websocket.Conn
-	cork *CorkConn // nil: every frame is written on its own
+	conn *ws.Conn
 	id   string
 	user string
-	log  *slog.Logger
 	us   *userState
 
 	// channels maps joined topics to their channel; reader goroutine only.
@@ -37,8 +35,11 @@ type Session struct {
 	// so an idle connection has no writer goroutine.
 	writing bool
 	writers sync.WaitGroup
-	// wctx is the session's context, for writes; nil until run.
-	wctx context.Context
+	// started is set by run; no writer is started before.
+	started bool
+	// lastWrite is when the last batch was written; writer only (one
+	// runs at a time, started under qmu).
+	lastWrite time.Time
 	// joining holds the deliveries of rooms being joined with history,
 	// until the join reply is queued; guarded by qmu.
 	joining map[*room][]delivery
@@ -60,15 +61,13 @@ type delivery struct {
 	data []byte
 }
 
-func newSession(h *Hub, conn *websocket.Conn, info ConnInfo) *Session {
+func newSession(h *Hub, conn *ws.Conn, info ConnInfo) *Session {
 	conn.SetReadLimit(h.cfg.ReadLimit)
 	return &Session{
 		hub:      h,
 		conn:     conn,
-		cork:     info.Cork,
 		id:       info.ID,
 		user:     info.UserID,
-		log:      h.log.With("conn_id", info.ID, "user_id", info.UserID),
 		channels: make(map[string]*channel),
 		done:     make(chan struct{}),
 	}
@@ -83,12 +82,16 @@ func (s *Session) run(ctx context.Context) error {
 	defer s.hub.releaseUser(s.user)
 
 	s.qmu.Lock()
-	s.wctx = ctx
+	s.started = true
 	s.qmu.Unlock()
+	// The reader blocks on the socket, not on ctx: ending ctx drops the
+	// connection.
+	stop := context.AfterFunc(ctx, func() { s.conn.CloseNow() })
+	defer stop()
 
 	idle := time.AfterFunc(s.hub.cfg.IdleTimeout, func() {
-		s.log.Info("closing idle connection")
-		s.closeGracefully(websocket.StatusPolicyViolation, "idle timeout")
+		s.logger().Info("closing idle connection")
+		s.closeGracefully(ws.StatusPolicyViolation, "idle timeout")
 	})
 	defer idle.Stop()
 
@@ -110,11 +113,13 @@ func (s *Session) run(ctx context.Context) error {
 
 func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 	for {
-		typ, data, err := s.conn.Read(ctx)
+		typ, data, err := s.conn.ReadMessage()
 		if err != nil {
-			switch websocket.CloseStatus(err) {
-			case websocket.StatusNormalClosure, websocket.StatusGoingAway, websocket.StatusNoStatusRcvd:
-				return nil
+			if ce := (*ws.CloseError)(nil); errors.As(err, &ce) && ce.Remote {
+				switch ce.Code {
+				case ws.StatusNormalClosure, ws.StatusGoingAway, ws.StatusNoStatusRcvd:
+					return nil
+				}
 			}
 			select {
 			case <-s.done:
@@ -124,11 +129,11 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			s.log.Debug("read ended", "err", err)
+			s.logger().Debug("read ended", "err", err)
 			return err
 		}
 		idle.Reset(s.hub.cfg.IdleTimeout)
-		if typ == websocket.MessageBinary {
+		if typ == ws.OpBinary {
 			f, ok := binaryPushHeader(data)
 			if !ok {
 				f = Frame{Topic: TopicPhoenix}
@@ -138,12 +143,30 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 		}
 		f, err := DecodeFrame(data)
 		if err != nil {
-			s.log.Debug("invalid frame", "err", err)
+			s.logger().Debug("invalid frame", "err", err)
 			s.enqueue(EncodeError(Frame{Topic: TopicPhoenix}, ErrInvalidFrame))
 			continue
 		}
-		s.handle(ctx, f)
+		if f.Event == EventJoin || f.Event == EventNewMsg {
+			s.handleApart(ctx, f)
+		} else {
+			s.handle(ctx, f)
+		}
 	}
+}
+
+// handleApart handles f on a short-lived goroutine and waits for it. Joins
+// and pushes run deep (presence, history, publishing and fan-out), and a
+// goroutine's stack keeps the size it grew to: the reader goroutine stays
+// parked under every idle connection for its lifetime, so its stack should
+// stay small.
+func (s *Session) handleApart(ctx context.Context, f Frame) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.handle(ctx, f)
+	}()
+	<-done
 }
 
 // handle answers one frame. Every frame with a ref gets exactly one reply.
@@ -243,21 +266,20 @@ func (s *Session) leaveChannel(ch *channel) {
 // MaxHistory is the most messages a join may ask for.
 const MaxHistory = 200
 
-// newMsgParams is the payload of new_msg.
-type newMsgParams struct {
-	Body json.RawMessage `json:"body"`
-}
-
 func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
-	var p newMsgParams
-	if !isObject(f.Payload) || json.Unmarshal(f.Payload, &p) != nil {
-		s.hub.countRefusal(ErrInvalidPayload)
-		s.enqueue(EncodeError(f, ErrInvalidPayload))
-		return
-	}
+	// The payload is an object whose "body" is a non-empty string; it is
+	// read without encoding/json's reflection, which is slower and grows
+	// the reader goroutine's stack.
+	raw, ok := stringMember(f.Payload, "body")
 	var body string
+	if ok && len(raw) > 0 && raw[0] == '"' {
+		d := frameDecoder{b: raw}
+		body, ok = d.str()
+	} else {
+		ok = false
+	}
 	// A NUL character can be neither stored (PostgreSQL text) nor shown.
-	if len(p.Body) == 0 || p.Body[0] != '"' || json.Unmarshal(p.Body, &body) != nil || body == "" || strings.IndexByte(body, 0) >= 0 {
+	if !ok || body == "" || strings.IndexByte(body, 0) >= 0 {
 		s.hub.countRefusal(ErrInvalidPayload)
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
@@ -318,6 +340,9 @@ func (s *Session) enqueueLocked(data []byte) bool {
 		s.overflowLocked()
 		return false
 	}
+	if s.queue == nil {
+		s.queue = make([][]byte, 0, 8)
+	}
 	s.queue = append(s.queue, data)
 	s.qbytes += len(data)
 	return true
@@ -333,14 +358,14 @@ func (s *Session) overflowLocked() {
 	s.queue, s.qbytes, s.joining = nil, 0, nil
 	s.hub.stats.slowConsumers.Add(1)
 	s.hub.stats.dropped[dropSlowConsumer].Add(dropped)
-	s.log.Warn("closing slow consumer")
-	go s.closeGracefully(websocket.StatusPolicyViolation, "slow consumer")
+	s.logger().Warn("closing slow consumer")
+	go s.closeGracefully(ws.StatusPolicyViolation, "slow consumer")
 }
 
 // unlockAndWrite releases qmu, which the caller holds, and starts the
 // writer goroutine when frames are queued and none runs.
 func (s *Session) unlockAndWrite() {
-	start := !s.writing && len(s.queue) > 0 && s.wctx != nil
+	start := !s.writing && len(s.queue) > 0 && s.started
 	if start {
 		s.writing = true
 		s.writers.Add(1)
@@ -431,6 +456,11 @@ func (s *Session) writeLoop() {
 	defer s.writers.Done()
 	var batch [][]byte
 	for {
+		if iv := s.hub.cfg.WriteInterval; iv > 0 {
+			if time.Since(s.lastWrite) < 2*iv {
+				time.Sleep(iv)
+			}
+		}
 		s.qmu.Lock()
 		if len(s.queue) == 0 {
 			s.writing = false
@@ -438,11 +468,14 @@ func (s *Session) writeLoop() {
 			s.qmu.Unlock()
 			return
 		}
-		batch = append(batch[:0], s.queue...)
-		clear(s.queue)
-		s.queue, s.qbytes = s.queue[:0], 0
+		// The queue and the batch swap places: frames queued during the
+		// write go to the other one.
+		batch, s.queue = s.queue, batch[:0]
+		s.qbytes = 0
 		s.qmu.Unlock()
-		if !s.flush(s.wctx, batch) {
+		ok := s.flush(batch)
+		s.lastWrite = time.Now()
+		if !ok {
 			s.qmu.Lock()
 			s.writing, s.qclosed = false, true
 			s.queue, s.qbytes = nil, 0
@@ -453,38 +486,26 @@ func (s *Session) writeLoop() {
 	}
 }
 
-// flush writes batch under one write deadline; false means the connection
-// failed and the session is ending.
-func (s *Session) flush(ctx context.Context, batch [][]byte) bool {
+// flush writes batch under one write deadline, in as few system calls as
+// its size allows; false means the connection failed and the session is
+// ending.
+func (s *Session) flush(batch [][]byte) bool {
 	if len(batch) == 0 {
 		return true
 	}
-	wctx, cancel := context.WithTimeout(ctx, s.hub.cfg.WriteTimeout)
-	defer cancel()
-	fail := func(err error) bool {
-		s.log.Debug("write failed", "err", err)
+	if err := s.conn.WriteText(time.Now().Add(s.hub.cfg.WriteTimeout), batch...); err != nil {
+		s.logger().Debug("write failed", "err", err)
 		s.markDone()
 		s.conn.CloseNow()
 		return false
 	}
-	if s.cork != nil && len(batch) > 1 {
-		s.cork.Cork()
-	}
-	for _, data := range batch {
-		if err := s.conn.Write(wctx, websocket.MessageText, data); err != nil {
-			if s.cork != nil {
-				s.cork.Uncork(time.Now())
-			}
-			return fail(err)
-		}
-	}
-	if s.cork != nil && len(batch) > 1 {
-		deadline, _ := wctx.Deadline()
-		if err := s.cork.Uncork(deadline); err != nil {
-			return fail(err)
-		}
-	}
 	return true
+}
+
+// logger returns the hub's logger with the connection's attributes. It is
+// built when a line is logged, so an idle connection holds none.
+func (s *Session) logger() *slog.Logger {
+	return s.hub.log.With("conn_id", s.id, "user_id", s.user)
 }
 
 func (s *Session) markDone() {
@@ -492,9 +513,10 @@ func (s *Session) markDone() {
 }
 
 // closeGracefully ends the session with a close frame carrying code and
-// reason. It may block on the close handshake; it is safe to call from any
+// reason; the reader then ends when the client answers, or after the close
+// timeout. It may wait for a write in progress; it is safe to call from any
 // goroutine, more than once.
-func (s *Session) closeGracefully(code websocket.StatusCode, reason string) {
+func (s *Session) closeGracefully(code ws.StatusCode, reason string) {
 	s.markDone()
 	s.closeQueue()
 	s.conn.Close(code, reason)

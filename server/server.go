@@ -19,9 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/chatd/chatd/chat"
+	"github.com/chatd/chatd/ws"
 )
 
 // Config holds the server's settings. The zero value of each field picks the
@@ -91,6 +90,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	proxies *TrustedProxies
+	// wsBufs lends the connections their write buffers.
+	wsBufs ws.BufferPool
 
 	// baseCtx outlives requests: it is the context of upgraded
 	// connections, cancelled only once they have been closed.
@@ -319,7 +320,9 @@ func (s *Server) handleDevToken(w http.ResponseWriter, r *http.Request) {
 
 // handleSocket authenticates and upgrades a client connection.
 func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
-	log := requestLogger(r.Context(), s.log)
+	// The logger is built where a line is logged: with the request's
+	// attributes, it would otherwise be held by every open connection.
+	log := func() *slog.Logger { return requestLogger(r.Context(), s.log) }
 	q := r.URL.Query()
 	if vsn := q.Get("vsn"); vsn != "2.0.0" {
 		s.metrics.refuse(RefusedVersion)
@@ -334,13 +337,13 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	}
 	user, err := ParseToken(s.secret, q.Get("token"))
 	if err != nil {
-		log.Info("connection refused", "reason", "auth", "err", err)
+		log().Info("connection refused", "reason", "auth", "err", err)
 		s.metrics.refuse(RefusedAuth)
 		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
 		return
 	}
 	if !s.originAllowed(r) {
-		log.Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
+		log().Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
 		s.metrics.refuse(RefusedOrigin)
 		writeError(w, http.StatusForbidden, "forbidden_origin", "origin not allowed: set CHAT_ALLOWED_ORIGINS")
 		return
@@ -353,47 +356,49 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		slotID := newRequestID()
 		if err := s.limiter.Acquire(r.Context(), user, slotID); err != nil {
 			if errors.Is(err, chat.ErrTooManyConnections) {
-				log.Info("connection refused", "reason", "limit", "user_id", user)
+				log().Info("connection refused", "reason", "limit", "user_id", user)
 				s.metrics.refuse(RefusedLimit)
 				writeError(w, http.StatusTooManyRequests, "too_many_connections", "this user holds as many connections as allowed")
 				return
 			}
-			log.Warn("connection limit check failed", "err", err)
+			log().Warn("connection limit check failed", "err", err)
 			s.metrics.refuse(RefusedUnavailable)
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
 			return
 		}
+		connLog := s.connLogger(r)
 		release = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := s.limiter.Release(ctx, user, slotID); err != nil {
-				log.Warn("connection slot release failed", "err", err)
+				connLog().Warn("connection slot release failed", "err", err)
 			}
 		}
 	}
 	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
 	// no longer waits for this handler, ours does.
 	s.conns.Add(1)
-	cw := &corkingWriter{ResponseWriter: w}
-	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
-		// The origin was checked above, with a JSON error.
-		InsecureSkipVerify: true,
-	})
+	// The origin was checked above, with a JSON error.
+	conn, err := ws.Upgrade(w, r, &s.wsBufs)
 	if err != nil {
-		log.Info("upgrade failed", "err", err)
+		log().Info("upgrade failed", "err", err)
 		release()
 		s.conns.Done()
 		return
 	}
-	log.Info("connected", "user_id", user)
+	if rec, ok := w.(*statusRecorder); ok {
+		rec.status = http.StatusSwitchingProtocols // for the access log
+	}
+	log().Info("connected", "user_id", user)
+	connLog := s.connLogger(r)
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
 	// and routed the request, does not stay parked under every idle socket.
 	go func() {
 		defer s.conns.Done()
 		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, Cork: cw.cork})
-		log.Info("disconnected", "user_id", user, "err", err)
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+		connLog().Info("disconnected", "user_id", user, "err", err)
 	}()
 }
 
@@ -427,7 +432,6 @@ type ctxKey int
 
 const (
 	keyRequestID ctxKey = iota
-	keyLogger
 )
 
 func requestID(ctx context.Context) string {
@@ -435,11 +439,22 @@ func requestID(ctx context.Context) string {
 	return id
 }
 
-func requestLogger(ctx context.Context, fallback *slog.Logger) *slog.Logger {
-	if l, ok := ctx.Value(keyLogger).(*slog.Logger); ok {
-		return l
+// requestLogger returns base with the attributes of the request served
+// with ctx (its id and client address), or base itself outside a request.
+func requestLogger(ctx context.Context, base *slog.Logger) *slog.Logger {
+	id := requestID(ctx)
+	if id == "" {
+		return base
 	}
-	return fallback
+	remote, _ := ctx.Value(clientIPKey{}).(string)
+	return base.With("request_id", id, "remote", remote)
+}
+
+// connLogger returns a builder of r's logger that keeps only the two
+// strings it needs, not r, for an upgraded connection's later lines.
+func (s *Server) connLogger(r *http.Request) func() *slog.Logger {
+	id, remote := requestID(r.Context()), ClientIP(r)
+	return func() *slog.Logger { return s.log.With("request_id", id, "remote", remote) }
 }
 
 func newRequestID() string {
@@ -458,9 +473,7 @@ func (s *Server) withRequestID(next http.Handler) http.Handler {
 		}
 		w.Header().Set("X-Request-ID", id)
 		remote := s.proxies.ClientIP(r)
-		log := s.log.With("request_id", id, "remote", remote)
 		ctx := context.WithValue(r.Context(), keyRequestID, id)
-		ctx = context.WithValue(ctx, keyLogger, log)
 		ctx = withClientIP(ctx, remote)
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
@@ -468,8 +481,10 @@ func (s *Server) withRequestID(next http.Handler) http.Handler {
 		if r.URL.Path == "/health/live" || r.URL.Path == "/health/ready" {
 			return // probes every few seconds would drown the log
 		}
-		log.Info("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
-			"duration_ms", float64(time.Since(start).Microseconds())/1000)
+		if s.log.Enabled(ctx, slog.LevelInfo) {
+			requestLogger(ctx, s.log).Info("http request", "method", r.Method, "path", r.URL.Path, "status", rec.status,
+				"duration_ms", float64(time.Since(start).Microseconds())/1000)
+		}
 	})
 }
 

@@ -7,14 +7,14 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/coder/websocket"
+	"github.com/chatd/chatd/ws"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -22,7 +22,8 @@ import (
 type loader struct {
 	cfg     *config
 	log     io.Writer
-	clients []*http.Client // one per source address
+	dialers []*net.Dialer // one per source address
+	bufs    ws.BufferPool
 	next    atomic.Uint64
 	hist    histogram // end-to-end latency of deliveries
 
@@ -48,21 +49,38 @@ func newLoader(cfg *config, log io.Writer) (*loader, error) {
 		sources = defaultSources(n)
 	}
 	for _, src := range sources {
-		d := &net.Dialer{Timeout: 10 * time.Second, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
-		l.clients = append(l.clients, &http.Client{Transport: &http.Transport{
-			DialContext:         d.DialContext,
-			MaxIdleConnsPerHost: -1,
-		}})
+		l.dialers = append(l.dialers, &net.Dialer{
+			Timeout:   10 * time.Second,
+			LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
+			Control:   bindAddressNoPort,
+		})
 	}
 	return l, nil
 }
 
+// bindAddressNoPort sets IP_BIND_ADDRESS_NO_PORT on a socket bound to a
+// chosen source address, so the kernel picks its port at connect time,
+// knowing the destination, instead of at bind time, where finding a free
+// port among thousands in use costs more than the whole handshake.
+func bindAddressNoPort(network, address string, rc syscall.RawConn) error {
+	var serr error
+	err := rc.Control(func(fd uintptr) {
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, ipBindAddressNoPort, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+// ipBindAddressNoPort is IP_BIND_ADDRESS_NO_PORT (Linux 4.2).
+const ipBindAddressNoPort = 24
+
 // lconn is one load connection.
 type lconn struct {
-	ws   *websocket.Conn
+	ws   *ws.Conn
 	room string
 	ref  atomic.Uint64
-	wmu  sync.Mutex // one writer at a time
 }
 
 func (l *loader) token(user string) (string, error) {
@@ -85,48 +103,41 @@ func (l *loader) dial(ctx context.Context, wg *sync.WaitGroup, target *url.URL, 
 	}
 	u := *target
 	u.RawQuery = url.Values{"vsn": {"2.0.0"}, "token": {tok}}.Encode()
-	client := l.clients[l.next.Add(1)%uint64(len(l.clients))]
+	dialer := l.dialers[l.next.Add(1)%uint64(len(l.dialers))]
 	start := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, u.String(), &websocket.DialOptions{HTTPClient: client})
+	conn, err := ws.Dial(dctx, u.String(), &ws.DialOptions{Dialer: dialer, ReadBuffer: 16 << 10, Buffers: &l.bufs})
 	if err != nil {
-		if resp != nil {
-			return nil, 0, fmt.Errorf("connect %s: HTTP %d: %w", user, resp.StatusCode, err)
-		}
 		return nil, 0, fmt.Errorf("connect %s: %w", user, err)
 	}
-	ws.SetReadLimit(1 << 20)
-	c := &lconn{ws: ws, room: room}
+	conn.SetReadLimit(1 << 20)
+	c := &lconn{ws: conn, room: room}
 	joined := make(chan error, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		l.read(ctx, c, joined)
 	}()
-	if err := c.write(dctx, []byte(`["1","1","room:`+room+`","phx_join",{}]`)); err != nil {
-		ws.CloseNow()
+	if err := c.write([]byte(`["1","1","room:` + room + `","phx_join",{}]`)); err != nil {
+		conn.CloseNow()
 		return nil, 0, err
 	}
 	select {
 	case err := <-joined:
 		if err != nil {
-			ws.CloseNow()
+			conn.CloseNow()
 			return nil, 0, err
 		}
 	case <-dctx.Done():
-		ws.CloseNow()
+		conn.CloseNow()
 		return nil, 0, fmt.Errorf("join %s: %w", room, dctx.Err())
 	}
 	return c, time.Since(start), nil
 }
 
-func (c *lconn) write(ctx context.Context, frame []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return c.ws.Write(ctx, websocket.MessageText, frame)
+func (c *lconn) write(frame []byte) error {
+	return c.ws.WriteText(time.Now().Add(10*time.Second), frame)
 }
 
 var (
@@ -140,9 +151,11 @@ var (
 // latency from the timestamp in the body) and push replies.
 func (l *loader) read(ctx context.Context, c *lconn, joined chan<- error) {
 	defer c.ws.CloseNow()
+	stop := context.AfterFunc(ctx, func() { c.ws.CloseNow() })
+	defer stop()
 	first := true
 	for {
-		_, data, err := c.ws.Read(ctx)
+		_, data, err := c.ws.ReadMessage()
 		if err != nil {
 			if ctx.Err() == nil && !l.closing.Load() {
 				l.dropped.Add(1)
@@ -194,7 +207,10 @@ func (l *loader) push(ctx context.Context, c *lconn, pad string) error {
 	ref := c.ref.Add(1) + 1
 	frame := fmt.Appendf(nil, `["1","%d","room:%s","new_msg",{"body":"t=%d;%s"}]`, ref, c.room, time.Now().UnixNano(), pad)
 	l.sent.Add(1)
-	return c.write(ctx, frame)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return c.write(frame)
 }
 
 // connectAll opens n connections with bounded concurrency; spec(i) names
@@ -267,7 +283,7 @@ func (l *loader) closeAll(conns []*lconn) {
 	l.closing.Store(true)
 	for _, c := range conns {
 		if c != nil {
-			c.ws.Close(websocket.StatusNormalClosure, "load done")
+			c.ws.Close(ws.StatusNormalClosure, "load done")
 		}
 	}
 }

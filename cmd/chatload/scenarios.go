@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"math/bits"
 	"net/url"
 	"os"
 	"strconv"
@@ -44,6 +45,7 @@ type result struct {
 	LatencyMaxMs    float64 `json:"latency_max_ms,omitempty"`
 	ServerCPUSec    float64 `json:"server_cpu_seconds,omitempty"`
 	CPUPer1000Ms    float64 `json:"server_cpu_ms_per_1000_deliveries,omitempty"`
+	LoadCPUSec      float64 `json:"load_tool_cpu_seconds,omitempty"`
 	Dropped         int64   `json:"connections_dropped"`
 	Error           string  `json:"error,omitempty"`
 }
@@ -63,6 +65,9 @@ func (r *result) summary(w io.Writer) {
 	}
 	if r.ServerCPUSec > 0 {
 		fmt.Fprintf(w, "  server CPU: %.2fs, %.2f ms per 1,000 deliveries\n", r.ServerCPUSec, r.CPUPer1000Ms)
+	}
+	if r.LoadCPUSec > 0 {
+		fmt.Fprintf(w, "  load tool CPU: %.2fs over %.1fs of publishing\n", r.LoadCPUSec, r.PublishSeconds)
 	}
 	if r.Dropped > 0 {
 		fmt.Fprintf(w, "  connections dropped during the run: %d\n", r.Dropped)
@@ -141,7 +146,7 @@ func (l *loader) heartbeat(ctx context.Context, conns []*lconn, d time.Duration)
 			return
 		case <-t.C:
 			for _, c := range conns {
-				c.write(ctx, []byte(`[null,"hb","phoenix","heartbeat",{}]`))
+				c.write([]byte(`[null,"hb","phoenix","heartbeat",{}]`))
 			}
 		}
 	}
@@ -186,7 +191,7 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 		roomSize[c.room]++
 	}
 	pad := strings.Repeat("x", max(0, l.cfg.body-32))
-	cpu0 := procCPU(l.cfg.serverPID)
+	cpu0, self0 := procCPU(l.cfg.serverPID), procCPU(os.Getpid())
 	l.hist.reset()
 	pubs := open[:publishers]
 	perPub := l.cfg.rate / float64(len(pubs))
@@ -209,8 +214,6 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 			t := time.NewTicker(interval)
 			defer t.Stop()
 			for {
-				// The write uses the run's context: the library closes a
-				// connection whose write context ends mid-write.
 				if err := l.push(ctx, c, pad); err != nil {
 					writeErrs.Add(1)
 					return
@@ -249,6 +252,9 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 	res.DeliveredPerSec = float64(res.Delivered) / elapsed.Seconds()
 	res.LatencyP50Ms, res.LatencyP90Ms = l.hist.quantileMs(0.5), l.hist.quantileMs(0.9)
 	res.LatencyP99Ms, res.LatencyMaxMs = l.hist.quantileMs(0.99), l.hist.maxMs()
+	if self1 := procCPU(os.Getpid()); self0 >= 0 && self1 >= 0 {
+		res.LoadCPUSec = (self1 - self0).Seconds()
+	}
 	if cpu0 >= 0 {
 		if cpu1 := procCPU(l.cfg.serverPID); cpu1 >= 0 {
 			res.ServerCPUSec = (cpu1 - cpu0).Seconds()
@@ -316,14 +322,16 @@ type histogram struct {
 }
 
 const (
-	histPerOctave = 16
+	histPerOctave = 16                 // add takes the 4 bits after the leading one
 	histBuckets   = 27 * histPerOctave // 2^10 ns .. 2^36 ns
 )
 
 func (h *histogram) add(d time.Duration) {
 	ns := max(int64(d), 1024)
-	i := int((math.Log2(float64(ns)) - 10) * histPerOctave)
-	i = min(max(i, 0), histBuckets-1)
+	// Octaves from 2^10 ns, each cut into histPerOctave equal steps.
+	oct := bits.Len64(uint64(ns)) - 1
+	step := int(uint64(ns)>>(oct-4)) & (histPerOctave - 1)
+	i := min((oct-10)*histPerOctave+step, histBuckets-1)
 	h.buckets[i].Add(1)
 	for {
 		m := h.maxNs.Load()
@@ -355,7 +363,8 @@ func (h *histogram) quantileMs(q float64) float64 {
 	for i := range h.buckets {
 		seen += h.buckets[i].Load()
 		if seen >= want {
-			ns := math.Exp2(10 + float64(i+1)/histPerOctave)
+			oct, step := 10+i/histPerOctave, i%histPerOctave
+			ns := math.Exp2(float64(oct)) * (1 + float64(step+1)/histPerOctave)
 			return min(ns, float64(h.maxNs.Load())) / 1e6
 		}
 	}
