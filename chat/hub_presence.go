@@ -4,9 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"maps"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -23,11 +24,6 @@ const presenceTimeout = 3 * time.Second
 // presenceMetas is one user's value in presence_state and presence_diff.
 type presenceMetas struct {
 	Metas []PresenceMeta `json:"metas"`
-}
-
-type presenceDiff struct {
-	Joins  map[string]*presenceMetas `json:"joins"`
-	Leaves map[string]*presenceMetas `json:"leaves"`
 }
 
 // presenceBatcher collects the presence changes of each room for Interval
@@ -92,15 +88,12 @@ func (b *presenceBatcher) flush(room string) {
 	if p == nil || len(p.joins)+len(p.leaves) == 0 {
 		return
 	}
-	diff := presenceDiff{
-		Joins:  groupMetas(slices.Collect(maps.Values(p.joins))),
-		Leaves: groupMetas(slices.Collect(maps.Values(p.leaves))),
-	}
-	data, err := EncodeBroadcast(RoomPrefix+room, EventPresenceDiff, diff)
-	if err != nil {
-		b.h.log.Error("presence diff not encoded", "room", room, "err", err)
-		return
-	}
+	payload := []byte(`{"joins":`)
+	payload = appendPresence(payload, slices.Collect(maps.Values(p.joins)))
+	payload = append(payload, `,"leaves":`...)
+	payload = appendPresence(payload, slices.Collect(maps.Values(p.leaves)))
+	payload = append(payload, '}')
+	data := AppendFrame(nil, "", "", RoomPrefix+room, EventPresenceDiff, payload)
 	ctx, cancel := context.WithTimeout(context.Background(), b.h.cfg.RelayTimeout)
 	defer cancel()
 	if err := b.h.broker.Publish(ctx, room, "", data); err != nil {
@@ -140,6 +133,38 @@ func groupMetas(entries []PresenceEntry) map[string]*presenceMetas {
 	return out
 }
 
+// appendPresence appends entries in the shape of presence_state, as
+// encoding/json writes groupMetas(entries): users in sorted order, each
+// user's metas in the order of entries.
+func appendPresence(dst []byte, entries []PresenceEntry) []byte {
+	sorted := slices.Clone(entries)
+	slices.SortStableFunc(sorted, func(a, b PresenceEntry) int { return strings.Compare(a.UserID, b.UserID) })
+	dst = append(dst, '{')
+	for i := 0; i < len(sorted); {
+		user := sorted[i].UserID
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendString(dst, user)
+		dst = append(dst, `:{"metas":[`...)
+		for first := i; i < len(sorted) && sorted[i].UserID == user; i++ {
+			if i > first {
+				dst = append(dst, ',')
+			}
+			m := sorted[i].Meta
+			dst = append(dst, `{"phx_ref":`...)
+			dst = appendString(dst, m.PhxRef)
+			dst = append(dst, `,"node":`...)
+			dst = appendString(dst, m.Node)
+			dst = append(dst, `,"online_at":`...)
+			dst = strconv.AppendInt(dst, m.OnlineAt, 10)
+			dst = append(dst, '}')
+		}
+		dst = append(dst, "]}"...)
+	}
+	return append(dst, '}')
+}
+
 // PresenceState returns room's presence in the presence_state shape:
 // {user_id: {"metas": [...]}}.
 func (h *Hub) PresenceState(ctx context.Context, room string) (map[string]*presenceMetas, error) {
@@ -167,15 +192,13 @@ func (h *Hub) trackPresence(ctx context.Context, s *Session, room, topic, joinRe
 		return nil
 	}
 	h.presenceDiffs.add(room, []PresenceEntry{e}, nil)
-	state, err := h.PresenceState(ctx, room)
+	entries, err := h.presence.List(ctx, room)
 	if err != nil {
 		s.logger().Warn("presence state unavailable", "room", room, "err", err)
-		state = map[string]*presenceMetas{e.UserID: {Metas: []PresenceMeta{e.Meta}}}
+		entries = []PresenceEntry{e}
 	}
-	if payload, err := json.Marshal(state); err == nil {
-		// The push carries the channel's join_ref, as Phoenix's does.
-		s.enqueue(AppendFrame(nil, joinRef, "", topic, EventPresenceState, payload))
-	}
+	// The push carries the channel's join_ref, as Phoenix's does.
+	s.enqueue(AppendFrame(nil, joinRef, "", topic, EventPresenceState, appendPresence(nil, entries)))
 	return &e
 }
 

@@ -76,8 +76,6 @@ func newSession(h *Hub, conn *ws.Conn, info ConnInfo) *Session {
 // run serves the session until it ends; it returns the error that ended it
 // (nil for a normal close by the client).
 func (s *Session) run(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	s.us = s.hub.acquireUser(s.user)
 	defer s.hub.releaseUser(s.user)
 
@@ -106,7 +104,6 @@ func (s *Session) run(ctx context.Context) error {
 	// The writer sends what is queued (the last replies), within its
 	// write deadline, and ends.
 	s.writers.Wait()
-	cancel()
 	s.conn.CloseNow()
 	return err
 }
@@ -115,7 +112,14 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 	for {
 		typ, data, err := s.conn.ReadMessage()
 		if err != nil {
-			if ce := (*ws.CloseError)(nil); errors.As(err, &ce) && ce.Remote {
+			if ce := (*ws.CloseError)(nil); errors.As(err, &ce) {
+				if !ce.Remote {
+					// The client broke the protocol and was sent a close
+					// frame: let it read that frame.
+					s.logger().Debug("protocol violation", "err", err)
+					s.conn.Linger()
+					return err
+				}
 				switch ce.Code {
 				case ws.StatusNormalClosure, ws.StatusGoingAway, ws.StatusNoStatusRcvd:
 					return nil

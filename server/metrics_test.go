@@ -141,7 +141,8 @@ func TestMetricsScriptedRun(t *testing.T) {
 func TestMetricsRegistryPerServer(t *testing.T) {
 	a := startServer(t, chat.Config{NodeName: "a"}, nil)
 	b := startServer(t, chat.Config{NodeName: "b"}, nil)
-	a.dial(t, "u1")
+	// The heartbeat's reply shows the connection is being served.
+	a.dial(t, "u1").heartbeat()
 	fa, fb := scrape(t, a.ts.URL), scrape(t, b.ts.URL)
 	if v, _ := testsvc.MetricValue(fa, "chatd_connects_total"); v != 1 {
 		t.Errorf("a: connects = %v, want 1", v)

@@ -104,9 +104,10 @@ type Conn struct {
 	hs, he    int // hb[hs:he] holds bytes read and not yet used
 	readLimit int64
 
-	// wmu serialises writes; closeSent is guarded by it.
+	// wmu serialises writes; closeSent and wdeadline are guarded by it.
 	wmu       sync.Mutex
 	closeSent bool
+	wdeadline time.Time // the write deadline in force
 }
 
 func newConn(nc net.Conn, pre []byte, client bool, readBuffer int, bufs *BufferPool) *Conn {
@@ -227,18 +228,18 @@ func (c *Conn) readPayload(n int64) ([]byte, error) {
 	if got == len(buf) {
 		return buf, nil
 	}
-	if _, err := io.ReadFull(readerFunc(c.read), buf[got:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	for got < len(buf) {
+		n, err := c.read(buf[got:])
+		got += n
+		if err != nil && got < len(buf) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
 		}
-		return nil, err
 	}
 	return buf, nil
 }
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 
 // ReadMessage reads the next text or binary message. It answers pings and
 // the peer's close frame itself. It returns a *CloseError when the peer
@@ -441,7 +442,8 @@ func (bp *BufferPool) put(b *[]byte) {
 const maxBatch = 64 << 10
 
 // WriteText writes each of msgs as a text message, gathering them into as
-// few system calls as their sizes allow, all under one deadline.
+// few system calls as their sizes allow, all under one deadline (which may
+// end up to a second later than deadline, see setWriteDeadline).
 func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 	bp := c.bufs.get()
 	buf := (*bp)[:0]
@@ -450,7 +452,7 @@ func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 		if c.closeSent {
 			return ErrClosed
 		}
-		if err := c.nc.SetWriteDeadline(deadline); err != nil {
+		if err := c.setWriteDeadline(deadline); err != nil {
 			return err
 		}
 		for _, m := range msgs {
@@ -473,6 +475,24 @@ func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 	*bp = buf
 	c.bufs.put(bp)
 	return err
+}
+
+// deadlineSlack is how much later than the write deadline in force a new
+// one may be and still not be set: setting it costs a timer update, and a
+// busy connection writes hundreds of times a second.
+const deadlineSlack = time.Second
+
+// setWriteDeadline makes d the write deadline, or leaves the one in force
+// when that is at most deadlineSlack earlier. wmu is held.
+func (c *Conn) setWriteDeadline(d time.Time) error {
+	if !d.Before(c.wdeadline) && d.Sub(c.wdeadline) <= deadlineSlack {
+		return nil
+	}
+	if err := c.nc.SetWriteDeadline(d); err != nil {
+		return err
+	}
+	c.wdeadline = d
+	return nil
 }
 
 // appendFrame appends one final frame of op carrying payload.
@@ -502,7 +522,7 @@ func (c *Conn) writeControl(op Opcode, payload []byte, deadline time.Time) error
 	}
 	var arr [maxHeader + 125]byte
 	b := c.appendFrame(arr[:0], op, payload)
-	if err := c.nc.SetWriteDeadline(deadline); err != nil {
+	if err := c.setWriteDeadline(deadline); err != nil {
 		return err
 	}
 	_, err := c.nc.Write(b)
@@ -537,6 +557,20 @@ func (c *Conn) Close(code StatusCode, reason string) error {
 		c.nc.Close()
 	}
 	return err
+}
+
+// Linger reads and discards what the peer still sends until it closes its
+// side or the close timeout passes. Call it after ReadMessage returned a
+// *CloseError this side sent: dropping a connection with unread data sends
+// a reset, which may destroy the close frame before the peer reads it.
+func (c *Conn) Linger() {
+	_ = c.nc.SetReadDeadline(time.Now().Add(closeTimeout))
+	var buf [512]byte
+	for {
+		if _, err := c.read(buf[:]); err != nil {
+			return
+		}
+	}
 }
 
 // CloseNow drops the connection without a closing handshake.
