@@ -35,12 +35,6 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds every write to a connection. Zero: 10 s.
 	WriteTimeout time.Duration
-	// WriteInterval is the shortest time between two writes to one
-	// connection: a connection that wrote less than that long ago waits out
-	// the rest, and the frames queued meanwhile leave in one system call.
-	// A connection receiving a frame now and then writes it at once; one
-	// receiving hundreds a second writes them in batches. Zero: no wait.
-	WriteInterval time.Duration
 	// SendQueueLen is the most frames queued for one connection; a
 	// connection that falls further behind is closed as a slow consumer.
 	// Zero: 1024.
@@ -99,7 +93,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("chat: limits must not be negative")
 	case c.UserRate < 0:
 		return errors.New("chat: user rate must not be negative")
-	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.WriteInterval < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
+	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
 		return errors.New("chat: timeouts must not be negative")
 	}
 	return nil

@@ -37,9 +37,6 @@ type Session struct {
 	writers sync.WaitGroup
 	// started is set by run; no writer is started before.
 	started bool
-	// lastWrite is when the last batch was written; writer only (one
-	// runs at a time, started under qmu).
-	lastWrite time.Time
 	// joining holds the deliveries of rooms being joined with history,
 	// until the join reply is queued; guarded by qmu.
 	joining map[*room][]delivery
@@ -460,11 +457,6 @@ func (s *Session) writeLoop() {
 	defer s.writers.Done()
 	var batch [][]byte
 	for {
-		if iv := s.hub.cfg.WriteInterval; iv > 0 {
-			if time.Since(s.lastWrite) < 2*iv {
-				time.Sleep(iv)
-			}
-		}
 		s.qmu.Lock()
 		if len(s.queue) == 0 {
 			s.writing = false
@@ -477,9 +469,7 @@ func (s *Session) writeLoop() {
 		batch, s.queue = s.queue, batch[:0]
 		s.qbytes = 0
 		s.qmu.Unlock()
-		ok := s.flush(batch)
-		s.lastWrite = time.Now()
-		if !ok {
+		if !s.flush(batch) {
 			s.qmu.Lock()
 			s.writing, s.qclosed = false, true
 			s.queue, s.qbytes = nil, 0

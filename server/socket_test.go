@@ -82,17 +82,7 @@ func TestBroadcastFrameShape(t *testing.T) {
 }
 
 func TestRoomOrderIsTheSameForEveryMember(t *testing.T) {
-	// With a write interval, frames queued meanwhile leave together: the
-	// stream each member reads must be the same.
-	for _, iv := range []time.Duration{0, 20 * time.Millisecond} {
-		t.Run(fmt.Sprint("write interval ", iv), func(t *testing.T) {
-			testRoomOrder(t, chat.Config{WriteInterval: iv})
-		})
-	}
-}
-
-func testRoomOrder(t *testing.T, cfg chat.Config) {
-	s := startServer(t, cfg, nil)
+	s := startServer(t, chat.Config{}, nil)
 	const senders, each = 4, 50
 	readers := make([]*client, 3)
 	for i := range readers {

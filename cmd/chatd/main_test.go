@@ -26,7 +26,7 @@ func TestServeConfigFromEnvAndFlags(t *testing.T) {
 	if c.userRate != 2.5 || c.shutdownWait != 7*time.Second || c.migrate || c.clusterJoin != "a:7946,b:7946" {
 		t.Errorf("env twins not applied: %+v", c)
 	}
-	if c.maxConns != 5 || c.userBurst != 20 || c.maxBody != 4000 || c.dbURL != "chat.db" || c.redisURL != "" || c.writeInterval != 5*time.Millisecond {
+	if c.maxConns != 5 || c.userBurst != 20 || c.maxBody != 4000 || c.dbURL != "chat.db" || c.redisURL != "" {
 		t.Errorf("defaults: %+v", c)
 	}
 }
@@ -37,7 +37,6 @@ func TestServeConfigRejectsBadValues(t *testing.T) {
 		"CHAT_MAX_CONNS_PER_USER": "-1",
 		"CHAT_SHUTDOWN_TIMEOUT":   "soon",
 		"CHAT_READ_LIMIT":         "10",
-		"CHAT_WRITE_INTERVAL":     "2s",
 		"CHAT_MIGRATE":            "perhaps",
 	} {
 		t.Run(env, func(t *testing.T) {

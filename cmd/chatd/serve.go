@@ -25,7 +25,7 @@ type serveConfig struct {
 	maxConns, userBurst, maxBody, maxChannels   int
 	readLimit                                   int
 	userRate                                    float64
-	shutdownWait, drainDelay, writeInterval     time.Duration
+	shutdownWait, drainDelay                    time.Duration
 
 	dbURL                         string
 	migrate                       bool
@@ -53,7 +53,6 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.maxBody, "max-body", "CHAT_MAX_BODY", 4000, "most characters in a message body")
 	f.intVar(&c.maxChannels, "max-channels", "CHAT_MAX_CHANNELS", 100, "most topics one connection may join")
 	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
-	f.durationVar(&c.writeInterval, "write-interval", "CHAT_WRITE_INTERVAL", 5*time.Millisecond, "shortest time between two writes to one connection; frames queued meanwhile leave together (0: no wait)")
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
 	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
@@ -87,8 +86,6 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, errors.New("serve: read-limit must be at least 1024 bytes")
 	case c.shutdownWait <= 0:
 		return nil, errors.New("serve: shutdown-timeout must be positive")
-	case c.writeInterval < 0 || c.writeInterval > time.Second:
-		return nil, errors.New("serve: write-interval must be between 0 and 1s")
 	}
 	if c.nodeName == "" {
 		c.nodeName = "chatd"
@@ -225,13 +222,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	writer.OnBatch(metrics.ObserveBatch)
 
 	hub, err := chat.NewHub(chat.Config{
-		NodeName:      c.nodeName,
-		MaxBody:       c.maxBody,
-		MaxChannels:   c.maxChannels,
-		ReadLimit:     int64(c.readLimit),
-		WriteInterval: c.writeInterval,
-		UserRate:      c.userRate,
-		UserBurst:     c.userBurst,
+		NodeName:    c.nodeName,
+		MaxBody:     c.maxBody,
+		MaxChannels: c.maxChannels,
+		ReadLimit:   int64(c.readLimit),
+		UserRate:    c.userRate,
+		UserBurst:   c.userBurst,
 	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker, Presence: presence})
 	if err != nil {
 		return fail(err)

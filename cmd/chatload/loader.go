@@ -175,15 +175,9 @@ func (l *loader) read(ctx context.Context, c *lconn, joined chan<- error) {
 				joined <- fmt.Errorf("join refused: %s", data)
 			}
 		case bytes.HasPrefix(data, []byte(`[null,null,`)):
-			if i := bytes.Index(data, bodyMark); i >= 0 {
-				rest := data[i+len(bodyMark):]
-				j := bytes.IndexByte(rest, ';')
-				if j > 0 {
-					if ns, err := strconv.ParseInt(string(rest[:j]), 10, 64); err == nil {
-						l.hist.add(now.Sub(time.Unix(0, ns)))
-						l.delivered.Add(1)
-					}
-				}
+			if ns, ok := sentAt(data); ok {
+				l.hist.add(now.Sub(time.Unix(0, ns)))
+				l.delivered.Add(1)
 			}
 		case bytes.Contains(data, replyOK):
 			l.acked.Add(1)
@@ -192,6 +186,26 @@ func (l *loader) read(ctx context.Context, c *lconn, joined chan<- error) {
 			l.refused.Add(1)
 		}
 	}
+}
+
+// sentAt returns the send time in a delivery's body, "t=<unix ns>;...".
+// It looks for the body's ';' (one fast byte search; nothing else in the
+// frame has one) and reads the digits before it, so the load tool's own
+// core spends little per delivery.
+func sentAt(data []byte) (int64, bool) {
+	j := bytes.IndexByte(data, ';')
+	if j < 0 {
+		return 0, false
+	}
+	i := j
+	for i > 0 && data[i-1] >= '0' && data[i-1] <= '9' {
+		i--
+	}
+	if i < len(bodyMark) || !bytes.Equal(data[i-len(bodyMark):i], bodyMark) {
+		return 0, false
+	}
+	ns, err := strconv.ParseInt(string(data[i:j]), 10, 64)
+	return ns, err == nil
 }
 
 func (l *loader) roomAcks(room string) *atomic.Int64 {

@@ -66,3 +66,18 @@ func TestFanoutAgainstChatd(t *testing.T) {
 	}
 	t.Logf("%s", stdout.String())
 }
+
+func TestSentAt(t *testing.T) {
+	for in, want := range map[string]int64{
+		`[null,null,"room:a","new_msg",{"id":"x","body":"t=1763712345678901234;xxxx","user_id":"u"}]`: 1763712345678901234,
+		`[null,null,"room:a","new_msg",{"body":"t=12;","id":"x"}]`:                                    12,
+		`[null,null,"room:a","new_msg",{"body":"hello; t=12;"}]`:                                      -1,
+		`[null,null,"room:a","new_msg",{"body":"t=;"}]`:                                               -1,
+		`[null,null,"room:a","presence_diff",{}]`:                                                     -1,
+	} {
+		got, ok := sentAt([]byte(in))
+		if (want < 0) == ok || (ok && got != want) {
+			t.Errorf("sentAt(%s) = %d, %v; want %d", in, got, ok, want)
+		}
+	}
+}
