@@ -2,7 +2,6 @@ package chat
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -340,7 +339,7 @@ func (h *Hub) deliver(name string, data []byte) {
 		h.stats.dropped[dropInvalidRelay].Add(1)
 		return
 	} else if f.Event == EventNewMsg {
-		if err := json.Unmarshal(f.Payload, &msg); err != nil || msg.ID == "" {
+		if msg, err = decodeMessage(f.Payload); err != nil || msg.ID == "" {
 			h.log.Warn("dropping relay message without id", "room", name, "err", err)
 			h.stats.dropped[dropInvalidRelay].Add(1)
 			return
@@ -500,10 +499,7 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 		}
 		msg.ID = id
 		msg.InsertedAt = time.Now().UTC().Truncate(time.Microsecond)
-		data, err := EncodeBroadcast(r.topic, EventNewMsg, msg)
-		if err != nil {
-			return Message{}, err
-		}
+		data := EncodeMessage(r.topic, msg)
 		err = h.broker.Publish(pctx, r.name, msg.ID, data)
 		var ooe *OutOfOrderError
 		if errors.As(err, &ooe) && attempt < publishAttempts {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 	"unicode/utf8"
 )
 
@@ -297,6 +298,72 @@ func EncodeReply(f Frame, response any) []byte {
 		return EncodeError(f, &Error{Reason: "internal error"})
 	}
 	return AppendFrame(nil, f.JoinRef, f.Ref, f.Topic, EventReply, b)
+}
+
+// encodeIDReply encodes the ok reply to a push: {"id": id}.
+func encodeIDReply(f Frame, id string) []byte {
+	b := append(make([]byte, 0, 64+len(id)), `{"status":"ok","response":{"id":`...)
+	b = appendString(b, id)
+	b = append(b, "}}"...)
+	return AppendFrame(nil, f.JoinRef, f.Ref, f.Topic, EventReply, b)
+}
+
+// EncodeMessage encodes the new_msg broadcast of m to topic, as
+// EncodeBroadcast would, without reflection.
+func EncodeMessage(topic string, m Message) []byte {
+	payload := appendMessage(make([]byte, 0, 128+len(m.Body)), m)
+	return AppendFrame(make([]byte, 0, len(payload)+len(topic)+32), "", "", topic, EventNewMsg, payload)
+}
+
+// appendMessage appends m as encoding/json writes it.
+func appendMessage(dst []byte, m Message) []byte {
+	dst = append(dst, `{"id":`...)
+	dst = appendString(dst, m.ID)
+	dst = append(dst, `,"room":`...)
+	dst = appendString(dst, m.Room)
+	dst = append(dst, `,"user_id":`...)
+	dst = appendString(dst, m.UserID)
+	dst = append(dst, `,"body":`...)
+	dst = appendString(dst, m.Body)
+	dst = append(dst, `,"inserted_at":"`...)
+	dst = m.InsertedAt.AppendFormat(dst, time.RFC3339Nano)
+	return append(dst, `"}`...)
+}
+
+// decodeMessage reads a new_msg payload as appendMessage writes it,
+// without reflection; anything else is left to encoding/json.
+func decodeMessage(payload []byte) (Message, error) {
+	var m Message
+	fields := [...]struct {
+		key string
+		dst *string
+	}{{"id", &m.ID}, {"room", &m.Room}, {"user_id", &m.UserID}, {"body", &m.Body}}
+	for _, f := range fields {
+		raw, ok := stringMember(payload, f.key)
+		if !ok || len(raw) == 0 || raw[0] != '"' {
+			return slowDecodeMessage(payload)
+		}
+		d := frameDecoder{b: raw}
+		if *f.dst, ok = d.str(); !ok {
+			return slowDecodeMessage(payload)
+		}
+	}
+	raw, ok := stringMember(payload, "inserted_at")
+	if !ok || len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return slowDecodeMessage(payload)
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(raw[1:len(raw)-1]))
+	if err != nil {
+		return slowDecodeMessage(payload)
+	}
+	m.InsertedAt = t
+	return m, nil
+}
+
+func slowDecodeMessage(payload []byte) (Message, error) {
+	var m Message
+	err := json.Unmarshal(payload, &m)
+	return m, err
 }
 
 // EncodeError encodes an error reply to f with e's stable reason.

@@ -259,3 +259,40 @@ func TestDecodeFrameShapes(t *testing.T) {
 		t.Errorf("escaped topic or nested payload: %+v", f)
 	}
 }
+
+// FuzzMessageCodec checks the new_msg encoder and decoder against
+// encoding/json.
+func FuzzMessageCodec(f *testing.F) {
+	f.Add("0190f0a0-0000-7000-8000-000000000000", "lobby", "alice", "hello", int64(1763712345123456000))
+	f.Add("x", "r", `a"<&>\u2028`, "é \x00 \xff", int64(0))
+	f.Add("", "", "", "", int64(-62135596800000000))
+	f.Fuzz(func(t *testing.T, id, room, user, body string, ns int64) {
+		m := Message{ID: id, Room: room, UserID: user, Body: body, InsertedAt: time.Unix(0, ns).UTC()}
+		got := appendMessage(nil, m)
+		want, err := json.Marshal(m)
+		if err != nil {
+			return // a time encoding/json refuses
+		}
+		var a, b Message
+		if err := json.Unmarshal(got, &a); err != nil {
+			t.Fatalf("appendMessage wrote invalid JSON %s: %v", got, err)
+		}
+		if err := json.Unmarshal(want, &b); err != nil {
+			t.Fatal(err)
+		}
+		if !a.InsertedAt.Equal(b.InsertedAt) || a.ID != b.ID || a.Room != b.Room || a.UserID != b.UserID || a.Body != b.Body {
+			t.Fatalf("appendMessage = %s, encoding/json = %s", got, want)
+		}
+		for _, enc := range [][]byte{got, want} {
+			d, err := decodeMessage(enc)
+			var w Message
+			werr := json.Unmarshal(enc, &w)
+			if (err == nil) != (werr == nil) {
+				t.Fatalf("decodeMessage(%s) err %v, encoding/json err %v", enc, err, werr)
+			}
+			if err == nil && (!d.InsertedAt.Equal(w.InsertedAt) || d.ID != w.ID || d.Room != w.Room || d.UserID != w.UserID || d.Body != w.Body) {
+				t.Fatalf("decodeMessage(%s) = %+v, encoding/json = %+v", enc, d, w)
+			}
+		}
+	})
+}

@@ -302,7 +302,7 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		s.enqueue(EncodeError(f, ce))
 		return
 	}
-	s.enqueue(EncodeReply(f, map[string]string{"id": msg.ID}))
+	s.enqueue(encodeIDReply(f, msg.ID))
 }
 
 func asChatError(err error) *Error {
