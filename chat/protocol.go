@@ -176,13 +176,13 @@ func stringMember(obj []byte, key string) (raw []byte, ok bool) {
 		return nil, true
 	}
 	for {
-		k, kok := d.str()
+		match, kok := d.key(key)
 		if !kok || !d.take(':') {
 			return nil, false
 		}
 		start := d.i
 		d.skipValue()
-		if k == key {
+		if match {
 			raw = obj[start:d.i]
 		}
 		d.space()
@@ -191,6 +191,25 @@ func stringMember(obj []byte, key string) (raw []byte, ok bool) {
 		}
 		return raw, d.take('}')
 	}
+}
+
+// key reads an object key and reports whether it is want, without
+// allocating unless the key has escapes.
+func (d *frameDecoder) key(want string) (match, ok bool) {
+	start := d.i
+	if d.i >= len(d.b) || d.b[d.i] != '"' {
+		return false, false
+	}
+	end := start + 1
+	for end < len(d.b) && d.b[end] != '"' && d.b[end] != '\\' && d.b[end] >= 0x20 {
+		end++
+	}
+	if end < len(d.b) && d.b[end] == '"' {
+		d.i = end + 1
+		return string(d.b[start+1:end]) == want, true
+	}
+	k, ok := d.str()
+	return k == want, ok
 }
 
 // skipValue moves past one value of valid JSON, without recursion.
