@@ -442,8 +442,8 @@ func (bp *BufferPool) put(b *[]byte) {
 const maxBatch = 64 << 10
 
 // WriteText writes each of msgs as a text message, gathering them into as
-// few system calls as their sizes allow, all under one deadline (which may
-// end up to a second later than deadline, see setWriteDeadline).
+// few system calls as their sizes allow, all under one deadline (the one
+// in force may be kept when it is a little earlier, see setWriteDeadline).
 func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 	bp := c.bufs.get()
 	buf := (*bp)[:0]
@@ -483,9 +483,11 @@ func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 const deadlineSlack = time.Second
 
 // setWriteDeadline makes d the write deadline, or leaves the one in force
-// when that is at most deadlineSlack earlier. wmu is held.
+// when that is at most deadlineSlack earlier than d and still at least
+// half as far away as d, so every write gets at least half its time. wmu
+// is held.
 func (c *Conn) setWriteDeadline(d time.Time) error {
-	if !d.Before(c.wdeadline) && d.Sub(c.wdeadline) <= deadlineSlack {
+	if early := d.Sub(c.wdeadline); early >= 0 && early <= min(deadlineSlack, time.Until(d)/2) {
 		return nil
 	}
 	if err := c.nc.SetWriteDeadline(d); err != nil {

@@ -711,6 +711,33 @@ func TestWriteTextDeadline(t *testing.T) {
 	wantCloseError(t, recv(t, results).err, CloseError{Code: 1000, Remote: true})
 }
 
+// TestWriteTextShortDeadlines checks that a deadline kept from an earlier
+// write never cuts a later one short: with timeouts under the one-second
+// slack, an expired deadline in force is replaced.
+func TestWriteTextShortDeadlines(t *testing.T) {
+	writeErrs := make(chan error, 3)
+	results := make(chan readResult, 1)
+	ts := newTestServer(t, func(c *Conn, r *http.Request) {
+		for _, m := range []string{"one", "two", "three"} {
+			writeErrs <- c.WriteText(time.Now().Add(300*time.Millisecond), []byte(m))
+			time.Sleep(400 * time.Millisecond) // the deadline in force expires
+		}
+		serveRead(0, results)(c, r)
+	})
+	rc := rawUpgrade(t, ts, nil)
+	for _, want := range []string{"one", "two", "three"} {
+		if err := recv(t, writeErrs); err != nil {
+			t.Fatalf("WriteText %q: %v", want, err)
+		}
+		if f := rc.next(t); string(f.payload) != want {
+			t.Fatalf("got %q, want %q", f.payload, want)
+		}
+	}
+	rc.send(t, clientFrame(0x88, closePayload(1000, "")))
+	rc.expectClose(t, StatusNormalClosure)
+	wantCloseError(t, recv(t, results).err, CloseError{Code: 1000, Remote: true})
+}
+
 // TestCloseFromServer checks the server's side of a close it starts: one
 // close frame, writes refused afterwards, a second Close ignored, and the
 // peer's echo ending ReadMessage.
