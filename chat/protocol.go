@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -165,40 +166,50 @@ func (d *frameDecoder) str() (string, bool) {
 
 // stringMember returns the raw value of key in obj, a JSON object already
 // known to be valid JSON; the last occurrence wins, as in encoding/json.
-// ok is false when obj is not an object. It scans without recursion.
+// ok is false when obj is not an object.
 func stringMember(obj []byte, key string) (raw []byte, ok bool) {
+	var v [1][]byte
+	ok = objectMembers(obj, []string{key}, v[:])
+	return v[0], ok
+}
+
+// objectMembers finds the raw values of keys in obj, a JSON object already
+// known to be valid JSON, in one pass without recursion: vals[i] is
+// keys[i]'s value, nil when absent (the last occurrence wins, as in
+// encoding/json). It returns false when obj is not an object.
+func objectMembers(obj []byte, keys []string, vals [][]byte) bool {
 	d := frameDecoder{b: obj}
 	d.space()
 	if !d.take('{') {
-		return nil, false
+		return false
 	}
 	if d.take('}') {
-		return nil, true
+		return true
 	}
 	for {
-		match, kok := d.key(key)
-		if !kok || !d.take(':') {
-			return nil, false
+		k, ok := d.keyIndex(keys)
+		if !ok || !d.take(':') {
+			return false
 		}
 		start := d.i
 		d.skipValue()
-		if match {
-			raw = obj[start:d.i]
+		if k >= 0 {
+			vals[k] = obj[start:d.i]
 		}
 		d.space()
 		if d.take(',') {
 			continue
 		}
-		return raw, d.take('}')
+		return d.take('}')
 	}
 }
 
-// key reads an object key and reports whether it is want, without
-// allocating unless the key has escapes.
-func (d *frameDecoder) key(want string) (match, ok bool) {
+// keyIndex reads an object key and returns its index in keys, -1 when it
+// is none of them; it allocates only for a key with escapes.
+func (d *frameDecoder) keyIndex(keys []string) (int, bool) {
 	start := d.i
 	if d.i >= len(d.b) || d.b[d.i] != '"' {
-		return false, false
+		return -1, false
 	}
 	end := start + 1
 	for end < len(d.b) && d.b[end] != '"' && d.b[end] != '\\' && d.b[end] >= 0x20 {
@@ -206,10 +217,15 @@ func (d *frameDecoder) key(want string) (match, ok bool) {
 	}
 	if end < len(d.b) && d.b[end] == '"' {
 		d.i = end + 1
-		return string(d.b[start+1:end]) == want, true
+		for i, want := range keys {
+			if string(d.b[start+1:end]) == want {
+				return i, true
+			}
+		}
+		return -1, true
 	}
 	k, ok := d.str()
-	return k == want, ok
+	return slices.Index(keys, k), ok
 }
 
 // skipValue moves past one value of valid JSON, without recursion.
@@ -327,8 +343,8 @@ func encodeIDReply(f Frame, id string) []byte {
 	return AppendFrame(nil, f.JoinRef, f.Ref, f.Topic, EventReply, b)
 }
 
-// EncodeMessage encodes the new_msg broadcast of m to topic, as
-// EncodeBroadcast would, without reflection.
+// EncodeMessage encodes the new_msg broadcast of m to topic,
+// [null, null, topic, "new_msg", m], without reflection.
 func EncodeMessage(topic string, m Message) []byte {
 	payload := appendMessage(make([]byte, 0, 128+len(m.Body)), m)
 	return AppendFrame(make([]byte, 0, len(payload)+len(topic)+32), "", "", topic, EventNewMsg, payload)
@@ -353,25 +369,25 @@ func appendMessage(dst []byte, m Message) []byte {
 // without reflection; anything else is left to encoding/json.
 func decodeMessage(payload []byte) (Message, error) {
 	var m Message
-	fields := [...]struct {
-		key string
-		dst *string
-	}{{"id", &m.ID}, {"room", &m.Room}, {"user_id", &m.UserID}, {"body", &m.Body}}
-	for _, f := range fields {
-		raw, ok := stringMember(payload, f.key)
-		if !ok || len(raw) == 0 || raw[0] != '"' {
-			return slowDecodeMessage(payload)
-		}
-		d := frameDecoder{b: raw}
-		if *f.dst, ok = d.str(); !ok {
-			return slowDecodeMessage(payload)
-		}
-	}
-	raw, ok := stringMember(payload, "inserted_at")
-	if !ok || len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+	var raw [5][]byte
+	if !objectMembers(payload, []string{"id", "room", "user_id", "body", "inserted_at"}, raw[:]) {
 		return slowDecodeMessage(payload)
 	}
-	t, err := time.Parse(time.RFC3339Nano, string(raw[1:len(raw)-1]))
+	for i, dst := range [...]*string{&m.ID, &m.Room, &m.UserID, &m.Body} {
+		if len(raw[i]) == 0 || raw[i][0] != '"' {
+			return slowDecodeMessage(payload)
+		}
+		d := frameDecoder{b: raw[i]}
+		var ok bool
+		if *dst, ok = d.str(); !ok {
+			return slowDecodeMessage(payload)
+		}
+	}
+	at := raw[4]
+	if len(at) < 2 || at[0] != '"' || at[len(at)-1] != '"' {
+		return slowDecodeMessage(payload)
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(at[1:len(at)-1]))
 	if err != nil {
 		return slowDecodeMessage(payload)
 	}
@@ -391,14 +407,6 @@ func EncodeError(f Frame, e *Error) []byte {
 	return AppendFrame(nil, f.JoinRef, f.Ref, f.Topic, EventReply, b)
 }
 
-// EncodeBroadcast encodes a server push [null, null, topic, event, payload].
-func EncodeBroadcast(topic, event string, payload any) ([]byte, error) {
-	b, err := json.Marshal(payload)
-	if err != nil {
-		return nil, fmt.Errorf("chat: encode %s: %w", event, err)
-	}
-	return AppendFrame(make([]byte, 0, len(b)+len(topic)+len(event)+20), "", "", topic, event, b), nil
-}
 
 // ValidRoomName reports whether name is 1-64 characters of [A-Za-z0-9_.-].
 func ValidRoomName(name string) bool {

@@ -72,10 +72,7 @@ func TestReplies(t *testing.T) {
 		t.Fatalf("got %s", got)
 	}
 	msg := Message{ID: "id", Room: "x", UserID: "u", Body: "b", InsertedAt: time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)}
-	b, err := EncodeBroadcast("room:x", EventNewMsg, msg)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := EncodeMessage("room:x", msg)
 	if want := `[null,null,"room:x","new_msg",{"id":"id","room":"x","user_id":"u","body":"b","inserted_at":"2026-01-02T03:04:05.000006Z"}]`; string(b) != want {
 		t.Fatalf("got %s", b)
 	}
@@ -174,18 +171,6 @@ func BenchmarkDecodeFrame(b *testing.B) {
 func benchMessage() Message {
 	return Message{ID: "019a1fc9-86f6-7ef3-bb24-5e36c5233480", Room: "lobby", UserID: "alice",
 		Body: "hello there, how is everyone doing today?", InsertedAt: time.Now().UTC()}
-}
-
-// BenchmarkEncodeBroadcast encodes a message with encoding/json, the way
-// any payload can be encoded.
-func BenchmarkEncodeBroadcast(b *testing.B) {
-	msg := benchMessage()
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := EncodeBroadcast("room:lobby", EventNewMsg, msg); err != nil {
-			b.Fatal(err)
-		}
-	}
 }
 
 // BenchmarkEncodeMessage is the encoder messages take.

@@ -3,6 +3,7 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -322,7 +323,7 @@ func (s *Server) handleDevToken(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	// The logger is built where a line is logged: with the request's
 	// attributes, it would otherwise be held by every open connection.
-	log := func() *slog.Logger { return requestLogger(r.Context(), s.log) }
+	log := s.connLogger(r)
 	q := r.URL.Query()
 	if vsn := q.Get("vsn"); vsn != "2.0.0" {
 		s.metrics.refuse(RefusedVersion)
@@ -366,12 +367,11 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
 			return
 		}
-		connLog := s.connLogger(r)
 		release = func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			if err := s.limiter.Release(ctx, user, slotID); err != nil {
-				connLog().Warn("connection slot release failed", "err", err)
+				log().Warn("connection slot release failed", "err", err)
 			}
 		}
 	}
@@ -386,11 +386,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		s.conns.Done()
 		return
 	}
-	if rec, ok := w.(*statusRecorder); ok {
-		rec.status = http.StatusSwitchingProtocols // for the access log
-	}
 	log().Info("connected", "user_id", user)
-	connLog := s.connLogger(r)
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
 	// and routed the request, does not stay parked under every idle socket.
@@ -398,7 +394,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		defer s.conns.Done()
 		defer release()
 		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
-		connLog().Info("disconnected", "user_id", user, "err", err)
+		log().Info("disconnected", "user_id", user, "err", err)
 	}()
 }
 
@@ -451,7 +447,7 @@ func requestLogger(ctx context.Context, base *slog.Logger) *slog.Logger {
 }
 
 // connLogger returns a builder of r's logger that keeps only the two
-// strings it needs, not r, for an upgraded connection's later lines.
+// strings it needs, not r, so an upgraded connection can log later.
 func (s *Server) connLogger(r *http.Request) func() *slog.Logger {
 	id, remote := requestID(r.Context()), ClientIP(r)
 	return func() *slog.Logger { return s.log.With("request_id", id, "remote", remote) }
@@ -514,3 +510,13 @@ func (r *statusRecorder) WriteHeader(code int) {
 }
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// Hijack passes the hijack through and records 101: the WebSocket upgrade,
+// the only hijacker, answers 101 itself on the taken-over connection.
+func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil {
+		r.status = http.StatusSwitchingProtocols
+	}
+	return c, brw, err
+}

@@ -122,9 +122,6 @@ func newConn(nc net.Conn, pre []byte, client bool, readBuffer int, bufs *BufferP
 	return c
 }
 
-// NetConn returns the underlying connection.
-func (c *Conn) NetConn() net.Conn { return c.nc }
-
 // SetReadLimit sets the largest message ReadMessage accepts, in bytes; a
 // larger one is refused with status 1009 before it is read.
 func (c *Conn) SetReadLimit(n int64) { c.readLimit = n }
@@ -561,11 +558,15 @@ func (c *Conn) Close(code StatusCode, reason string) error {
 	return err
 }
 
-// Linger reads and discards what the peer still sends until it closes its
-// side or the close timeout passes. Call it after ReadMessage returned a
-// *CloseError this side sent: dropping a connection with unread data sends
-// a reset, which may destroy the close frame before the peer reads it.
+// Linger half-closes the connection, then reads and discards what the peer
+// still sends until it closes its side or the close timeout passes. Call
+// it once a close frame was sent (ReadMessage returned a *CloseError):
+// dropping a connection with unread data sends a reset, which may destroy
+// the close frame before the peer reads it.
 func (c *Conn) Linger() {
+	if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
 	_ = c.nc.SetReadDeadline(time.Now().Add(closeTimeout))
 	var buf [512]byte
 	for {

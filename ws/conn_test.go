@@ -134,29 +134,16 @@ func readAll(c *Conn) readResult {
 	}
 }
 
-// lingerClose ends a connection the way a careful server does: it
-// half-closes it and discards what the peer still sends until the peer
-// closes its side. Closing a socket with unread input resets the
-// connection, which could destroy the close frame before the peer reads it.
-func lingerClose(c *Conn) {
-	nc := c.NetConn()
-	if tc, ok := nc.(*net.TCPConn); ok {
-		_ = tc.CloseWrite()
-	}
-	_ = nc.SetReadDeadline(time.Now().Add(testTimeout))
-	_, _ = io.Copy(io.Discard, nc)
-}
-
 // serveRead returns a serve function that applies limit (when non-zero),
 // reads until ReadMessage fails, reports what it read on results and then
-// closes with lingerClose.
+// closes with Linger.
 func serveRead(limit int64, results chan<- readResult) func(*Conn, *http.Request) {
 	return func(c *Conn, _ *http.Request) {
 		if limit != 0 {
 			c.SetReadLimit(limit)
 		}
 		results <- readAll(c)
-		lingerClose(c)
+		c.Linger()
 	}
 }
 
@@ -779,7 +766,7 @@ func TestCloseReasonTruncated(t *testing.T) {
 	long := strings.Repeat("é", 100) // 200 bytes
 	ts := newTestServer(t, func(c *Conn, r *http.Request) {
 		_ = c.Close(StatusPolicyViolation, long)
-		lingerClose(c)
+		c.Linger()
 	})
 	rc := rawUpgrade(t, ts, nil)
 	reason := rc.expectClose(t, StatusPolicyViolation)

@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 )
 
 const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -26,16 +28,10 @@ func acceptKey(key string) string {
 
 func maskKey() uint32 { return mrand.Uint32() }
 
-// headerHasToken reports whether a comma-separated header of h lists token.
+// headerHasToken reports whether a comma-separated header of h lists
+// token, case-insensitively, as net/http itself checks.
 func headerHasToken(h http.Header, name, token string) bool {
-	for _, v := range h.Values(name) {
-		for t := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(strings.TrimSpace(t), token) {
-				return true
-			}
-		}
-	}
-	return false
+	return httpguts.HeaderValuesContainsToken(h.Values(name), token)
 }
 
 // HandshakeError is a refused opening handshake; Upgrade has answered it
