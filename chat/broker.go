@@ -10,26 +10,87 @@ import (
 // room. The handler must not block, and must treat data as read-only.
 type BrokerHandler func(room string, data []byte)
 
-// Broker relays room publications between the nodes of a cluster.
+// Broker keeps each room's log and relays room publications between the
+// nodes of a cluster.
+//
+// A room's log is the single source of truth for what was said in it and in
+// what order: a chat message is accepted by one atomic step that checks its
+// order, appends it to the log and publishes it. Recovery ("since",
+// "history") reads the log, whatever node accepted a message and whether it
+// is stored yet.
 type Broker interface {
 	// Publish delivers data to the handler of every node subscribed to room,
 	// this node included. The publications of one room reach every node's
 	// handler in one order, the same on every node, and exactly once. A nil
 	// error means the publication was accepted for delivery.
 	//
-	// id is the message id of a chat message, empty for other frames. A
-	// message is published only if its id is greater than that of every
-	// message published to room before it; otherwise nothing is published
-	// and an *OutOfOrderError is returned, so that the caller can retry with
-	// a greater id. Message ids therefore increase in delivery order,
-	// cluster-wide, which is what makes "since <id>" recovery gap-free.
+	// id is the message id of a chat message, empty for other frames (they
+	// are relayed, not logged). A message is accepted only if its id is
+	// greater than that of every message accepted in room before it: then
+	// it is appended to the room's log and published in the same atomic
+	// step. Otherwise nothing happens and an *OutOfOrderError is returned,
+	// so that the caller can retry with a greater id. Message ids therefore
+	// increase in delivery order, cluster-wide, which is what makes "since
+	// <id>" recovery gap-free.
+	//
+	// Any other error leaves the outcome of a message unknown (a timeout
+	// after the request was sent, a broken connection): the caller must
+	// settle it with Resolve before it answers the sender.
 	Publish(ctx context.Context, room, id string, data []byte) error
+	// Resolve settles the outcome of a Publish of message id in room that
+	// returned an error other than *OutOfOrderError. It reports true when
+	// the message is in the room's log (it was accepted and is delivered),
+	// and false when it is not and never will be: a publication of it still
+	// in flight is refused when it arrives. An error means nothing is known
+	// yet; the caller may call Resolve again.
+	Resolve(ctx context.Context, room, id string) (bool, error)
+	// ReadLog reads room's log; see LogQuery and LogRead. The log keeps at
+	// least the newest MaxRecover+1 messages of a room that was written to
+	// recently; older ones may have been dropped.
+	ReadLog(ctx context.Context, room string, q LogQuery) (LogRead, error)
 	// Subscribe starts delivery of room's publications to this node's
 	// handler. Publications accepted after Subscribe returns are delivered.
 	// Calls are counted: each Subscribe is undone by one Unsubscribe.
 	Subscribe(ctx context.Context, room string) error
 	// Unsubscribe undoes one Subscribe of room; delivery stops after the last.
 	Unsubscribe(ctx context.Context, room string) error
+}
+
+// LogQuery selects messages of a room's log.
+type LogQuery struct {
+	// After selects the messages whose id is greater than After; empty
+	// selects the room's newest messages.
+	After string
+	// Limit is the most messages returned: when more are selected, the
+	// newest Limit are, and LogRead.More is set. It must be positive.
+	Limit int
+}
+
+// LogRead is what ReadLog found, read in one atomic step.
+type LogRead struct {
+	// Entries are the selected messages, oldest first.
+	Entries []LogEntry
+	// More reports that more messages were selected than Limit.
+	More bool
+	// Found reports that After is a message of the log.
+	Found bool
+	// Len is how many messages the log holds.
+	Len int
+	// Oldest is the id of the oldest message the log holds, empty when it
+	// holds none.
+	Oldest string
+	// Full reports that the log holds as many messages as it keeps, so
+	// older ones may have been dropped. A log that is not full holds every
+	// message of the room since the log was created (it starts anew when
+	// a room has been silent for the log's lifetime, or Redis lost it).
+	Full bool
+}
+
+// LogEntry is one message of a room's log: its id and its encoded frame, as
+// it was published.
+type LogEntry struct {
+	ID   string
+	Data []byte
 }
 
 // OutOfOrderError is returned by Publish for a message whose id is not

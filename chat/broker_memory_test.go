@@ -13,3 +13,9 @@ func TestMemoryBroker(t *testing.T) {
 		return chat.NewMemoryBroker(h)
 	})
 }
+
+func TestMemoryBrokerLog(t *testing.T) {
+	chattest.RunLogTests(t, func(t *testing.T, h chat.BrokerHandler) chat.Broker {
+		return chat.NewMemoryBroker(h)
+	})
+}

@@ -29,69 +29,153 @@ type joinResponse struct {
 	// Messages are the requested messages, oldest first.
 	Messages []Message `json:"messages"`
 	// Recovered, for a join with "since", is true when Messages holds every
-	// message of the room after that id: the since id was found, nothing
-	// was cut, and the stored history answered.
+	// message of the room after that id.
 	Recovered *bool `json:"recovered,omitempty"`
 }
 
 // historyLoad is what a join's history query found, before the join is
 // answered.
 type historyLoad struct {
-	// stored are the store's messages: after since, or the newest N.
-	stored []Message
-	// storedOK is false when the store (or the flush before it) failed.
-	storedOK bool
-	// foundStored reports that the since id is stored in the room.
-	foundStored bool
-	// recent is the room's recent list as of the join.
-	recent []Message
+	// msgs are the messages found, oldest first: after since, or the
+	// newest N.
+	msgs []Message
+	// complete, for "since", reports that msgs holds every message of the
+	// room after since, as of the query.
+	complete bool
 }
 
-// loadHistory queries the store for a join's "history" or "since" option.
-// The node's persistence queue is flushed first, so that what this node
-// accepted before the join is in the store.
-func (h *Hub) loadHistory(ctx context.Context, room string, p joinParams, recent []Message) historyLoad {
-	l := historyLoad{storedOK: true, recent: recent}
-	if h.history == nil {
-		return l
+// loadHistory answers a join's "history" or "since" option from the room's
+// log and, for what is older than the log, from the store.
+func (h *Hub) loadHistory(ctx context.Context, room string, p joinParams) historyLoad {
+	if p.Since != nil {
+		return h.loadSince(ctx, room, *p.Since)
 	}
-	if f, ok := h.sink.(Flusher); ok {
-		fctx, cancel := context.WithTimeout(ctx, flushTimeout)
-		err := f.Flush(fctx)
-		cancel()
-		if err != nil {
-			h.log.Warn("join history: persistence queue not flushed", "room", room, "err", err)
-			l.storedOK = false
+	return h.loadRecent(ctx, room, *p.History)
+}
+
+// loadSince finds the messages of room after since.
+func (h *Hub) loadSince(ctx context.Context, room, since string) historyLoad {
+	lr, logged, logOK := h.readLog(ctx, room, LogQuery{After: since, Limit: MaxRecover})
+	if logOK {
+		switch {
+		case lr.Found:
+			// The log holds since and everything after it.
+			return historyLoad{msgs: logged, complete: !lr.More}
+		case lr.More:
+			// More than MaxRecover were missed: the newest are returned.
+			return historyLoad{msgs: logged}
+		case lr.Full && since < lr.Oldest:
+			// The log is full and begins after since: more than it holds,
+			// more than MaxRecover, were missed.
+			return historyLoad{msgs: logged}
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, historyTimeout)
-	defer cancel()
-	var err error
-	if p.Since != nil {
-		l.stored, l.foundStored, err = h.history.After(ctx, room, *p.Since, MaxRecover+1)
-	} else {
-		l.stored, err = h.history.Recent(ctx, room, *p.History)
+	// since is older than the log (or the log is out of reach): the store
+	// holds what the log no longer does.
+	if h.history == nil {
+		return historyLoad{msgs: logged}
 	}
+	storeOK := h.flush(ctx, room)
+	qctx, cancel := context.WithTimeout(ctx, historyTimeout)
+	defer cancel()
+	stored, found, err := h.history.After(qctx, room, since, MaxRecover+1)
 	if err != nil {
 		h.log.Warn("join history unavailable", "room", room, "err", err)
-		l.storedOK = false
+		return historyLoad{msgs: logged}
 	}
-	return l
+	cut := lr.More
+	if len(stored) > MaxRecover {
+		cut = true
+		// More than MaxRecover were missed: the newest are returned.
+		if stored, err = h.history.Recent(qctx, room, MaxRecover); err != nil {
+			h.log.Warn("join history unavailable", "room", room, "err", err)
+			return historyLoad{msgs: logged}
+		}
+	}
+	all := afterID(mergeByID(stored, logged), since)
+	if len(all) > MaxRecover {
+		all, cut = all[len(all)-MaxRecover:], true
+	}
+	return historyLoad{msgs: all, complete: logOK && storeOK && found && !cut}
 }
 
-// assembleHistory builds a join's reply from the store's messages, the
-// room's recent list, and the messages held back since the join, up to
-// frontier (the latest message delivered on this node; empty when none
-// was).
-func assembleHistory(p joinParams, l historyLoad, held []Message, frontier string) joinResponse {
-	all := mergeByID(mergeByID(l.stored, l.recent), held)
-	if frontier != "" {
-		i, _ := slices.BinarySearchFunc(all, frontier, compareID)
-		if i < len(all) && all[i].ID == frontier {
-			i++
-		}
-		all = all[:i]
+// loadRecent finds the newest n messages of room.
+func (h *Hub) loadRecent(ctx context.Context, room string, n int) historyLoad {
+	lr, logged, logOK := h.readLog(ctx, room, LogQuery{Limit: n})
+	if (logOK && len(lr.Entries) >= n) || h.history == nil {
+		return historyLoad{msgs: logged}
 	}
+	h.flush(ctx, room)
+	qctx, cancel := context.WithTimeout(ctx, historyTimeout)
+	defer cancel()
+	stored, err := h.history.Recent(qctx, room, n)
+	if err != nil {
+		h.log.Warn("join history unavailable", "room", room, "err", err)
+	}
+	all := mergeByID(stored, logged)
+	if len(all) > n {
+		all = all[len(all)-n:]
+	}
+	return historyLoad{msgs: all}
+}
+
+// readLog reads room's log and decodes its messages; ok is false when the
+// log could not be read.
+func (h *Hub) readLog(ctx context.Context, room string, q LogQuery) (lr LogRead, msgs []Message, ok bool) {
+	ctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
+	defer cancel()
+	lr, err := h.broker.ReadLog(ctx, room, q)
+	if err != nil {
+		h.log.Warn("join history: room log unavailable", "room", room, "err", err)
+		return LogRead{}, nil, false
+	}
+	msgs = make([]Message, 0, len(lr.Entries))
+	for _, e := range lr.Entries {
+		m, err := decodeLogEntry(e)
+		if err != nil {
+			h.log.Warn("join history: undecodable log entry", "room", room, "id", e.ID, "err", err)
+			h.stats.dropped[dropInvalidRelay].Add(1)
+			continue
+		}
+		msgs = append(msgs, m)
+	}
+	return lr, msgs, true
+}
+
+// decodeLogEntry decodes the message a log entry's frame carries.
+func decodeLogEntry(e LogEntry) (Message, error) {
+	f, err := DecodeFrame(e.Data)
+	if err != nil {
+		return Message{}, err
+	}
+	return decodeMessage(f.Payload)
+}
+
+// DecodeLogEntry returns the message of a room log entry (for the writers
+// that persist from the log).
+func DecodeLogEntry(e LogEntry) (Message, error) { return decodeLogEntry(e) }
+
+// flush waits, briefly, for this node's persistence queue to store what it
+// accepted before the call; false means it did not.
+func (h *Hub) flush(ctx context.Context, room string) bool {
+	f, ok := h.sink.(Flusher)
+	if !ok {
+		return true
+	}
+	fctx, cancel := context.WithTimeout(ctx, flushTimeout)
+	defer cancel()
+	if err := f.Flush(fctx); err != nil {
+		h.log.Warn("join history: persistence queue not flushed", "room", room, "err", err)
+		return false
+	}
+	return true
+}
+
+// assembleHistory builds a join's reply from what the query found and the
+// messages delivered to the room since the join began (held back): every
+// message once, in id order, at most the number asked for.
+func assembleHistory(p joinParams, l historyLoad, held []Message) joinResponse {
+	all := mergeByID(l.msgs, held)
 	if p.Since == nil {
 		n := *p.History
 		if len(all) > n {
@@ -99,26 +183,22 @@ func assembleHistory(p joinParams, l historyLoad, held []Message, frontier strin
 		}
 		return joinResponse{Messages: all}
 	}
-	since := *p.Since
-	found := l.foundStored || containsID(l.recent, since) || containsID(held, since)
-	i, _ := slices.BinarySearchFunc(all, since, compareID)
-	if i < len(all) && all[i].ID == since {
+	all = afterID(all, *p.Since)
+	recovered := l.complete
+	if len(all) > MaxRecover {
+		all, recovered = all[len(all)-MaxRecover:], false
+	}
+	return joinResponse{Messages: all, Recovered: &recovered}
+}
+
+// afterID returns the messages of msgs (id-sorted) with an id greater than
+// id.
+func afterID(msgs []Message, id string) []Message {
+	i, found := slices.BinarySearchFunc(msgs, id, compareID)
+	if found {
 		i++
 	}
-	all = all[i:]
-	cut := len(all) > MaxRecover
-	if cut {
-		all = all[len(all)-MaxRecover:]
-	}
-	// A full recent list may not reach back to what the store holds: then
-	// the store must hold its oldest message, or something in between may
-	// be missing.
-	joined := true
-	if len(l.recent) >= recentSize && l.recent[0].ID > since {
-		joined = containsID(l.stored, l.recent[0].ID)
-	}
-	recovered := found && !cut && l.storedOK && joined
-	return joinResponse{Messages: all, Recovered: &recovered}
+	return msgs[i:]
 }
 
 func compareID(m Message, id string) int {
@@ -129,11 +209,6 @@ func compareID(m Message, id string) int {
 		return 1
 	}
 	return 0
-}
-
-func containsID(msgs []Message, id string) bool {
-	_, ok := slices.BinarySearchFunc(msgs, id, compareID)
-	return ok
 }
 
 // mergeByID merges two id-sorted lists into one without duplicates.

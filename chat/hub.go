@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"log/slog"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,8 +45,14 @@ type Config struct {
 	UserRate float64
 	// UserBurst is the token bucket's size. Zero: 20.
 	UserBurst int
-	// RelayTimeout bounds one Publish to the broker. Zero: 5 s.
+	// RelayTimeout bounds one Publish to the broker, and each attempt to
+	// settle one whose outcome is unknown. Zero: 5 s.
 	RelayTimeout time.Duration
+	// ResolveTimeout bounds how long a push whose publish outcome is
+	// unknown (Redis timed out or the connection broke) waits for the
+	// room's log to settle it; past it the sender is told "unavailable".
+	// Zero: 30 s.
+	ResolveTimeout time.Duration
 	// PresenceInterval is how long presence changes of a room are collected
 	// into one presence_diff. Zero: 100 ms.
 	PresenceInterval time.Duration
@@ -84,6 +89,9 @@ func (c *Config) setDefaults() error {
 	if c.RelayTimeout == 0 {
 		c.RelayTimeout = 5 * time.Second
 	}
+	if c.ResolveTimeout == 0 {
+		c.ResolveTimeout = 30 * time.Second
+	}
 	if c.PresenceInterval == 0 {
 		c.PresenceInterval = 100 * time.Millisecond
 	}
@@ -92,7 +100,7 @@ func (c *Config) setDefaults() error {
 		return errors.New("chat: limits must not be negative")
 	case c.UserRate < 0:
 		return errors.New("chat: user rate must not be negative")
-	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.PresenceInterval < 0:
+	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.ResolveTimeout < 0, c.PresenceInterval < 0:
 		return errors.New("chat: timeouts must not be negative")
 	}
 	return nil
@@ -108,8 +116,8 @@ type Options struct {
 	NewBroker func(BrokerHandler) Broker
 	// Sink persists accepted messages. Nil: DiscardSink.
 	Sink MessageSink
-	// History answers the join options "history" and "since" from stored
-	// messages. Nil: only the messages this node has seen recently.
+	// History answers the join options "history" and "since" for what is
+	// older than the rooms' logs. Nil: only the logs answer.
 	History History
 	// Presence tracks who is in each room. Nil: a MemoryPresence.
 	Presence Presence
@@ -137,6 +145,12 @@ type Hub struct {
 	sessWG   sync.WaitGroup
 	draining atomic.Bool
 
+	// idMu guards maxID, the greatest message id this node has published
+	// or received: new ids are greater, so a room's ids keep increasing
+	// when its log was lost (Redis restarted empty or was flushed).
+	idMu  sync.Mutex
+	maxID string
+
 	stats hubCounters
 }
 
@@ -159,19 +173,24 @@ type room struct {
 	subErr     error
 
 	mu       sync.Mutex
-	members  map[*Session]string // session -> join_ref
-	snapshot []*Session          // members as a slice; nil when stale
-	// recent holds the newest messages delivered to the room while it had
-	// local members, oldest first, at most recentSize: they cover what the
-	// persistence queue has not written yet when a member joins.
-	recent []Message
-	// lastID is the id of the latest message delivered to the room on this
-	// node: a joiner's history stops there, the live stream goes on from it.
-	lastID string
+	members  map[*Session]*member
+	snapshot []*member // members as a slice; nil when stale
 }
 
-// recentSize is how many delivered messages a local room remembers.
-const recentSize = MaxHistory
+// member is one session's channel in a room, as fan-out sees it; its
+// fields are guarded by the room's mu, but errored, which its session reads
+// too.
+type member struct {
+	s       *Session
+	joinRef string
+	// floor, when set, is the newest message a join's reply held: later
+	// deliveries of messages up to it are skipped (the reply had them),
+	// until one beyond it arrives.
+	floor string
+	// errored is set once the channel was sent phx_error: it gets no more
+	// broadcasts, and the client rejoins it (Phoenix's errored state).
+	errored atomic.Bool
+}
 
 // userState is what the node keeps per connected user.
 type userState struct {
@@ -185,6 +204,8 @@ type hubCounters struct {
 	messagesIn    atomic.Int64
 	deliveries    atomic.Int64
 	slowConsumers atomic.Int64
+	// resolved counts publishes whose unknown outcome the log settled.
+	resolved atomic.Int64
 	// refused counts pushes answered with an error, by refusal.
 	refused [numRefusals]atomic.Int64
 	// dropped counts frames not delivered, by drop.
@@ -331,8 +352,8 @@ func (h *Hub) deliver(name string, data []byte) {
 	if r == nil {
 		return
 	}
-	// Messages are decoded once per node, for the room's recent list and
-	// the id that deduplicates them against a joiner's history.
+	// Messages are decoded once per node, for the id that orders them
+	// against a joiner's reply.
 	var msg Message
 	if f, err := DecodeFrame(data); err != nil {
 		h.log.Warn("dropping undecodable relay frame", "room", name, "err", err)
@@ -344,54 +365,72 @@ func (h *Hub) deliver(name string, data []byte) {
 			h.stats.dropped[dropInvalidRelay].Add(1)
 			return
 		}
+		h.seeID(msg.ID)
 	}
 	r.mu.Lock()
-	if msg.ID != "" {
-		if len(r.recent) >= recentSize {
-			copy(r.recent, r.recent[1:])
-			r.recent = r.recent[:len(r.recent)-1]
-		}
-		r.recent = append(r.recent, msg)
-		r.lastID = msg.ID
-	}
 	if r.snapshot == nil {
-		r.snapshot = make([]*Session, 0, len(r.members))
-		for s := range r.members {
-			r.snapshot = append(r.snapshot, s)
+		r.snapshot = make([]*member, 0, len(r.members))
+		for _, m := range r.members {
+			r.snapshot = append(r.snapshot, m)
 		}
 	}
-	members := r.snapshot
-	for _, s := range members {
-		s.deliver(r, msg, data)
+	n := 0
+	for _, m := range r.snapshot {
+		if m.errored.Load() {
+			continue
+		}
+		if m.floor != "" && msg.ID != "" {
+			if msg.ID <= m.floor {
+				continue // the join's reply had it
+			}
+			m.floor = ""
+		}
+		m.s.deliver(r, msg, data)
+		n++
 	}
 	r.mu.Unlock()
-	h.stats.deliveries.Add(int64(len(members)))
+	h.stats.deliveries.Add(int64(n))
+}
+
+// seeID records id as seen on this node.
+func (h *Hub) seeID(id string) {
+	h.idMu.Lock()
+	if id > h.maxID {
+		h.maxID = id
+	}
+	h.idMu.Unlock()
+}
+
+// lastSeenID returns the greatest message id this node has seen.
+func (h *Hub) lastSeenID() string {
+	h.idMu.Lock()
+	defer h.idMu.Unlock()
+	return h.maxID
 }
 
 // join adds s to the room name, subscribing the node to it when s is its
 // first local member. With buffer set, deliveries to s from the room are
-// held until s.finishJoin, and recent returns the room's recent messages
-// as they were when s became a member.
-func (h *Hub) join(ctx context.Context, s *Session, name, joinRef string, buffer bool) (r *room, recent []Message, err error) {
+// held until s.finishJoin.
+func (h *Hub) join(ctx context.Context, s *Session, name, joinRef string, buffer bool) (*room, *member, error) {
 	sh := h.shard(name)
 	sh.mu.Lock()
-	r = sh.rooms[name]
+	r := sh.rooms[name]
 	created := r == nil
 	if created {
 		r = &room{
 			name:       name,
 			topic:      RoomPrefix + name,
 			subscribed: make(chan struct{}),
-			members:    make(map[*Session]string),
+			members:    make(map[*Session]*member),
 		}
 		sh.rooms[name] = r
 	}
+	m := &member{s: s, joinRef: joinRef}
 	r.mu.Lock()
-	r.members[s] = joinRef
+	r.members[s] = m
 	r.snapshot = nil
 	if buffer {
 		s.startJoin(r)
-		recent = slices.Clone(r.recent)
 	}
 	r.mu.Unlock()
 	sh.mu.Unlock()
@@ -411,7 +450,7 @@ func (h *Hub) join(ctx context.Context, s *Session, name, joinRef string, buffer
 		h.log.Warn("room subscribe failed", "room", name, "err", r.subErr)
 		return nil, nil, ErrUnavailable
 	}
-	return r, recent, nil
+	return r, m, nil
 }
 
 // leave removes s from r, and unsubscribes the node from r when s was its
@@ -461,8 +500,11 @@ func (h *Hub) Resync() {
 	n := 0
 	for _, r := range rooms {
 		r.mu.Lock()
-		for s, joinRef := range r.members {
-			s.enqueue(AppendFrame(nil, joinRef, joinRef, r.topic, EventError, emptyObject))
+		for s, m := range r.members {
+			if m.errored.Swap(true) {
+				continue
+			}
+			s.enqueue(AppendFrame(nil, m.joinRef, m.joinRef, r.topic, EventError, emptyObject))
 			n++
 		}
 		r.mu.Unlock()
@@ -475,9 +517,10 @@ func (h *Hub) Resync() {
 const publishAttempts = 8
 
 // publish accepts a message from user to r: a place in the persistence
-// queue is reserved, the message is published to the room with an id
-// greater than every earlier message of the room, then handed to the sink.
-// On error nothing was published or stored.
+// queue is reserved, the message is appended to the room's log and
+// published, with an id greater than every earlier message of the room,
+// then handed to the sink. On error the message is not in the log: no one
+// receives it and it is not stored.
 func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message, error) {
 	if err := h.sink.Reserve(); err != nil {
 		return Message{}, err
@@ -488,10 +531,8 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 			h.sink.Cancel()
 		}
 	}()
-	pctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
-	defer cancel()
 	msg := Message{Room: r.name, UserID: user, Body: body}
-	after := ""
+	after := h.lastSeenID()
 	for attempt := 1; ; attempt++ {
 		id, err := newMessageID(after)
 		if err != nil {
@@ -500,22 +541,62 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 		msg.ID = id
 		msg.InsertedAt = time.Now().UTC().Truncate(time.Microsecond)
 		data := EncodeMessage(r.topic, msg)
+		pctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
 		err = h.broker.Publish(pctx, r.name, msg.ID, data)
+		cancel()
 		var ooe *OutOfOrderError
-		if errors.As(err, &ooe) && attempt < publishAttempts {
-			after = ooe.Last
-			continue
+		if errors.As(err, &ooe) {
+			if attempt < publishAttempts {
+				h.seeID(ooe.Last)
+				after = max(after, ooe.Last)
+				continue
+			}
+			return Message{}, ErrUnavailable
 		}
 		if err != nil {
-			h.log.Warn("relay publish failed", "room", r.name, "err", err)
-			return Message{}, ErrUnavailable
+			h.log.Warn("relay publish outcome unknown; resolving it against the room's log", "room", r.name, "id", msg.ID, "err", err)
+			accepted, rerr := h.resolve(ctx, r.name, msg.ID)
+			if rerr != nil {
+				h.log.Error("relay publish outcome not resolved: the sender is told unavailable", "room", r.name, "id", msg.ID, "err", rerr)
+				return Message{}, ErrUnavailable
+			}
+			if !accepted {
+				return Message{}, ErrUnavailable
+			}
 		}
 		break
 	}
+	h.seeID(msg.ID)
 	h.sink.Commit(msg)
 	committed = true
 	h.stats.messagesIn.Add(1)
 	return msg, nil
+}
+
+// resolve settles a publish whose outcome is unknown, trying until the log
+// answers or ResolveTimeout passes. It runs to the end even when the
+// sender is gone: an accepted message must reach the sink.
+func (h *Hub) resolve(ctx context.Context, room, id string) (bool, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.ResolveTimeout)
+	defer cancel()
+	pause := 50 * time.Millisecond
+	for {
+		actx, acancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
+		ok, err := h.broker.Resolve(actx, room, id)
+		acancel()
+		if err == nil {
+			h.stats.resolved.Add(1)
+			return ok, nil
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, fmt.Errorf("chat: resolve message %s: %w (last error: %w)", id, ctx.Err(), err)
+		case <-t.C:
+		}
+		pause = min(2*pause, time.Second)
+	}
 }
 
 // newMessageID returns a new UUIDv7, greater than after when after is set.

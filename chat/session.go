@@ -48,6 +48,7 @@ type Session struct {
 type channel struct {
 	joinRef  string
 	room     *room
+	member   *member
 	presence *PresenceEntry // nil when presence could not be recorded
 }
 
@@ -185,6 +186,13 @@ func (s *Session) handle(ctx context.Context, f Frame) {
 		return
 	}
 	ch := s.channels[f.Topic]
+	if ch != nil && ch.member.errored.Load() && f.Event != EventLeave {
+		// The channel was sent phx_error: like a crashed Phoenix channel,
+		// it is gone until the client rejoins.
+		s.leaveChannel(ch)
+		delete(s.channels, f.Topic)
+		ch = nil
+	}
 	if ch == nil || (f.JoinRef != "" && f.JoinRef != ch.joinRef) {
 		s.enqueue(EncodeError(f, ErrUnmatchedTopic))
 		return
@@ -242,18 +250,18 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 	if joinRef == "" {
 		joinRef = f.Ref
 	}
-	r, recent, err := s.hub.join(ctx, s, name, joinRef, withHistory)
+	r, m, err := s.hub.join(ctx, s, name, joinRef, withHistory)
 	if err != nil {
 		s.enqueue(EncodeError(f, asChatError(err)))
 		return
 	}
-	ch := &channel{joinRef: joinRef, room: r}
+	ch := &channel{joinRef: joinRef, room: r, member: m}
 	s.channels[f.Topic] = ch
 	if !withHistory {
 		s.enqueue(EncodeReply(f, nil))
 	} else {
-		loaded := s.hub.loadHistory(ctx, name, p, recent)
-		s.finishJoin(r, f, p, loaded)
+		loaded := s.hub.loadHistory(ctx, name, p)
+		s.finishJoin(r, m, f, p, loaded)
 	}
 	ch.presence = s.hub.trackPresence(ctx, s, name, f.Topic, joinRef)
 }
@@ -414,17 +422,14 @@ func (s *Session) abortJoin(r *room) {
 	s.qmu.Unlock()
 }
 
-// finishJoin answers a join with history: the room's messages up to the
-// latest one delivered on this node (its frontier), from the store, the
-// room's recent list and what was held back since the join, then the
-// held-back frames that are not messages. Everything delivered after the
-// frontier follows in the live stream, so the client gets each message once
-// and in the room's order.
-func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad) {
+// finishJoin answers a join with history: what the room's log (and the
+// store) returned, merged with what was delivered to the room since the
+// join began (held back), then the held-back frames that are not messages.
+// Messages up to the newest in the reply that the relay delivers later are
+// skipped, so the client gets each message once and in the room's order.
+func (s *Session) finishJoin(r *room, m *member, f Frame, p joinParams, loaded historyLoad) {
 	r.mu.Lock()
-	frontier := r.lastID
 	s.qmu.Lock()
-	r.mu.Unlock()
 	held, ok := s.joining[r]
 	delete(s.joining, r)
 	var heldMsgs []Message
@@ -433,7 +438,11 @@ func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad)
 			heldMsgs = append(heldMsgs, d.msg)
 		}
 	}
-	resp := assembleHistory(p, loaded, heldMsgs, frontier)
+	resp := assembleHistory(p, loaded, heldMsgs)
+	if n := len(resp.Messages); n > 0 {
+		m.floor = resp.Messages[n-1].ID
+	}
+	r.mu.Unlock()
 	queued := s.enqueueLocked(EncodeReply(f, resp))
 	if ok && queued {
 		for _, d := range held {

@@ -2,10 +2,12 @@ package cluster
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,16 +43,32 @@ type RedisBrokerConfig struct {
 	// sets ContextTimeoutEnabled and MaxRetries -1 on it.
 	URL string
 	// Prefix starts every key and channel name the broker uses:
-	// "<Prefix>:room:<room>" is a room's channel and "<Prefix>:last:<room>"
-	// holds its last message id. Every node of a cluster must use the same
-	// Prefix. Zero: "chatd".
+	// "<Prefix>:room:{<room>}" is a room's channel, "<Prefix>:{<room>}:log"
+	// its log (a stream), "<Prefix>:{<room>}:fence:<id>" fences off a
+	// publication resolved as not accepted, and
+	// "<Prefix>:node-rooms:{<node>}" indexes the rooms a node published to,
+	// for the survivors that persist a dead node's messages. The braces
+	// keep every key of a room in one Redis Cluster hash slot. Every node of
+	// a cluster must use the same Prefix. Zero: "chatd".
 	Prefix string
+	// NodeName is this node's name, recorded with each message it logs.
+	// Zero: "chatd".
+	NodeName string
+	// LogLength is how many of a room's newest messages its log keeps
+	// (Redis trims in whole stream nodes, so a little more). Zero, or less
+	// than the least allowed (chat.MaxRecover+1): the least allowed.
+	LogLength int
 	// Logger receives the broker's logs. Nil: discard.
 	Logger *slog.Logger
-	// LastIDTTL is how long a room's last message id is kept after the
-	// room's latest message; after that, any id is accepted again. It must
-	// outlast clock skew between nodes. Zero: 24 h.
+	// LastIDTTL is how long a room's log is kept after the room's latest
+	// message; after that the log starts anew (the store keeps the
+	// history). It must outlast clock skew between nodes, and the longest
+	// database outage the persistence queue rides out. Zero: 24 h.
 	LastIDTTL time.Duration
+	// FenceTTL is how long a publication resolved as not accepted stays
+	// refused: it must outlast the time a command can sit in a stalled
+	// Redis's input. Zero: 10 min.
+	FenceTTL time.Duration
 	// PingInterval is how often the pub/sub connection is pinged. A
 	// connection that delivers nothing, not even a pong, for three intervals
 	// is taken for dead and replaced. Zero: 5 s.
@@ -77,8 +95,17 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.NodeName == "" {
+		c.NodeName = "chatd"
+	}
+	if c.LogLength < chat.MaxRecover+1 {
+		c.LogLength = chat.MaxRecover + 1
+	}
 	if c.LastIDTTL == 0 {
 		c.LastIDTTL = 24 * time.Hour
+	}
+	if c.FenceTTL == 0 {
+		c.FenceTTL = 10 * time.Minute
 	}
 	if c.PingInterval == 0 {
 		c.PingInterval = 5 * time.Second
@@ -95,8 +122,8 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	switch {
 	case c.Client == nil && c.URL == "":
 		return errors.New("cluster: redis broker: a Client or URL is required")
-	case c.LastIDTTL < time.Millisecond:
-		return errors.New("cluster: redis broker: LastIDTTL must be at least 1ms")
+	case c.LastIDTTL < time.Millisecond, c.FenceTTL < time.Millisecond:
+		return errors.New("cluster: redis broker: LastIDTTL and FenceTTL must be at least 1ms")
 	case c.PingInterval < 0, c.OpTimeout < 0, c.MinBackoff < 0, c.MaxBackoff < 0:
 		return errors.New("cluster: redis broker: durations must not be negative")
 	case c.MinBackoff > c.MaxBackoff:
@@ -138,8 +165,14 @@ type RedisBroker struct {
 	handler    chat.BrokerHandler
 	ps         *redis.PubSub
 	chanPrefix string // "<Prefix>:room:"
-	keyPrefix  string // "<Prefix>:last:"
+	prefix     string
+	indexKey   string // "<Prefix>:node-rooms:{<NodeName>}"
 	ttlMillis  int64
+
+	// indexed holds when each room was last added to this node's index of
+	// rooms (indexKey); guarded by indexMu, never held across I/O.
+	indexMu sync.Mutex
+	indexed map[string]time.Time
 
 	wake      chan struct{} // capacity 1: asks the sync loop for a round
 	done      chan struct{} // closed by Close
@@ -189,40 +222,21 @@ const subscribeBatch = 512
 
 var _ chat.Broker = (*RedisBroker)(nil)
 
-// publishScript publishes ARGV[2] to channel ARGV[3]. For a non-empty id
-// ARGV[1], it first compares the id with the room's last one, kept in KEYS[1]
-// as "<id> <sha1 of data>" for ARGV[4] milliseconds: ids compare byte-wise
-// (not with Lua's locale-dependent operators). It returns {1} when published,
-// {0, last} when the id is not after last (nothing published), and {2} when
-// the id and data are exactly the room's last publication, i.e. a command
-// retried after its reply was lost (nothing published again).
-var publishScript = redis.NewScript(`
-local function before(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
-local id = ARGV[1]
-if id ~= '' then
-  local sum = redis.sha1hex(ARGV[2])
-  local cur = redis.call('GET', KEYS[1])
-  if cur then
-    local last, lastSum = string.match(cur, '^(%S*) ?(%S*)$')
-    if id == last and sum == lastSum then
-      return {2}
-    end
-    if not before(last, id) then
-      return {0, last}
-    end
-  end
-  redis.call('SET', KEYS[1], id .. ' ' .. sum, 'PX', ARGV[4])
-end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
-return {1}
-`)
+// The Lua scripts of the room log (cluster/lua).
+var (
+	//go:embed lua/publish.lua
+	publishLua string
+	//go:embed lua/resolve.lua
+	resolveLua string
+
+	publishScript = redis.NewScript(publishLua)
+	resolveScript = redis.NewScript(resolveLua)
+)
+
+// indexRefresh is how often a node re-adds a room it publishes to to its
+// index of rooms: the index outlives the room's log by at least the
+// difference between the log's lifetime and this.
+const indexRefresh = 10 * time.Minute
 
 // NewRedisBroker returns a broker that delivers the rooms this node
 // subscribes to to handler. It does not contact Redis; Run starts it.
@@ -239,8 +253,10 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBr
 		client:     cfg.Client,
 		handler:    handler,
 		chanPrefix: cfg.Prefix + ":room:",
-		keyPrefix:  cfg.Prefix + ":last:",
+		prefix:     cfg.Prefix,
+		indexKey:   cfg.Prefix + ":node-rooms:{" + cfg.NodeName + "}",
 		ttlMillis:  cfg.LastIDTTL.Milliseconds(),
+		indexed:    make(map[string]time.Time),
 		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		rooms:      make(map[string]*redisRoom),
@@ -299,12 +315,41 @@ func (b *RedisBroker) Close() error {
 	return err
 }
 
-// Publish implements chat.Broker with one atomic script on Redis: the id
-// check, the update of the room's last id and the PUBLISH. It returns an
-// error, and nothing is published, when Redis cannot be reached within ctx.
+// channel returns room's pub/sub channel.
+func (b *RedisBroker) channel(room string) string { return b.chanPrefix + "{" + room + "}" }
+
+// logKey returns the key of room's log.
+func (b *RedisBroker) logKey(room string) string { return b.prefix + ":{" + room + "}:log" }
+
+// fenceKey returns the key that fences off message id of room.
+func (b *RedisBroker) fenceKey(room, id string) string {
+	return b.prefix + ":{" + room + "}:fence:" + id
+}
+
+// idMillis returns the millisecond timestamp of a UUIDv7 message id, the
+// first 48 bits: its log entry's stream id starts with it.
+func idMillis(id string) (string, error) {
+	if len(id) < 13 || id[8] != '-' {
+		return "", fmt.Errorf("cluster: message id %q is not a UUIDv7", id)
+	}
+	ms, err := strconv.ParseUint(id[:8]+id[9:13], 16, 64)
+	if err != nil {
+		return "", fmt.Errorf("cluster: message id %q is not a UUIDv7", id)
+	}
+	return strconv.FormatUint(ms, 10), nil
+}
+
+// Publish implements chat.Broker with one atomic script on Redis: for a
+// message, the fence and order checks, the append to the room's log and the
+// PUBLISH; for another frame, the PUBLISH alone. The first message this
+// node publishes to a room (and one every indexRefresh) first adds the room
+// to the node's index of rooms, so that the survivors of this node find
+// its messages (TakeOver).
+//
 // A nil error means Redis accepted the publication: every node subscribed
 // to the room at that moment receives it, unless its connection to Redis
-// fails before the message is read.
+// fails before the message is read. Any error but *chat.OutOfOrderError
+// leaves a message's outcome unknown: settle it with Resolve.
 func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte) error {
 	if b.isClosed.Load() {
 		return ErrBrokerClosed
@@ -315,8 +360,19 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 		b.publishErrors.Add(1)
 		return errRelayDown
 	}
-	res, err := publishScript.Run(ctx, b.client, []string{b.keyPrefix + room},
-		id, data, b.chanPrefix+room, b.ttlMillis).Slice()
+	ms := ""
+	if id != "" {
+		var err error
+		if ms, err = idMillis(id); err != nil {
+			return err
+		}
+		if err := b.index(ctx, room); err != nil {
+			b.publishErrors.Add(1)
+			return err
+		}
+	}
+	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.fenceKey(room, id)},
+		id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms).Slice()
 	if err != nil {
 		b.publishErrors.Add(1)
 		return fmt.Errorf("cluster: redis publish to room %s: %w", room, err)
@@ -333,9 +389,157 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			last, _ = res[1].(string)
 		}
 		return &chat.OutOfOrderError{Last: last}
+	case 3:
+		b.publishErrors.Add(1)
+		return fmt.Errorf("cluster: redis publish to room %s: message %s was resolved as not accepted", room, id)
 	}
 	b.publishErrors.Add(1)
 	return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
+}
+
+// index adds room to this node's index of rooms, unless it did so within
+// indexRefresh. Entries older than the log's lifetime are pruned on the way.
+func (b *RedisBroker) index(ctx context.Context, room string) error {
+	now := time.Now()
+	b.indexMu.Lock()
+	at, ok := b.indexed[room]
+	b.indexMu.Unlock()
+	if ok && now.Sub(at) < indexRefresh {
+		return nil
+	}
+	_, err := b.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.ZAdd(ctx, b.indexKey, redis.Z{Score: float64(now.UnixMilli()), Member: room})
+		p.ZRemRangeByScore(ctx, b.indexKey, "-inf", strconv.FormatInt(now.UnixMilli()-b.ttlMillis, 10))
+		p.PExpire(ctx, b.indexKey, b.cfg.LastIDTTL+indexRefresh)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: redis index of room %s: %w", room, err)
+	}
+	b.indexMu.Lock()
+	b.indexed[room] = now
+	if len(b.indexed) > 1024 && len(b.indexed)%1024 == 0 {
+		for r, at := range b.indexed {
+			if now.Sub(at) >= indexRefresh {
+				delete(b.indexed, r)
+			}
+		}
+	}
+	b.indexMu.Unlock()
+	return nil
+}
+
+// Resolve implements chat.Broker with one atomic script: the message is
+// looked up in the room's log, and when it is not there it is fenced off,
+// so that its publication, still queued in a stalled Redis say, is refused
+// when it runs.
+func (b *RedisBroker) Resolve(ctx context.Context, room, id string) (bool, error) {
+	if b.isClosed.Load() {
+		return false, ErrBrokerClosed
+	}
+	ms, err := idMillis(id)
+	if err != nil {
+		return false, err
+	}
+	n, err := resolveScript.Run(ctx, b.client, []string{b.logKey(room), b.fenceKey(room, id)},
+		id, ms, b.cfg.FenceTTL.Milliseconds()).Int()
+	if err != nil {
+		return false, fmt.Errorf("cluster: redis resolve message %s of room %s: %w", id, room, err)
+	}
+	return n == 1, nil
+}
+
+// ReadLog implements chat.Broker: the selected messages, the log's length
+// and its oldest message are read in one MULTI/EXEC.
+func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery) (chat.LogRead, error) {
+	if b.isClosed.Load() {
+		return chat.LogRead{}, ErrBrokerClosed
+	}
+	if q.Limit <= 0 {
+		return chat.LogRead{}, errors.New("cluster: redis read log: Limit must be positive")
+	}
+	key := b.logKey(room)
+	stop := "-"
+	if q.After != "" {
+		ms, err := idMillis(q.After)
+		if err != nil {
+			return chat.LogRead{}, err
+		}
+		stop = ms + "-0"
+	}
+	var sel, oldest *redis.XMessageSliceCmd
+	var length *redis.IntCmd
+	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		// Newest first, one more than asked for: the extra one tells
+		// whether more were selected.
+		sel = p.XRevRangeN(ctx, key, "+", stop, int64(q.Limit+1))
+		length = p.XLen(ctx, key)
+		oldest = p.XRangeN(ctx, key, "-", "+", 1)
+		return nil
+	})
+	if err != nil {
+		return chat.LogRead{}, fmt.Errorf("cluster: redis read log of room %s: %w", room, err)
+	}
+	r := chat.LogRead{Len: int(length.Val())}
+	r.Full = r.Len >= b.cfg.LogLength
+	if o := oldest.Val(); len(o) > 0 {
+		r.Oldest, _ = o[0].Values["i"].(string)
+	}
+	for _, m := range sel.Val() {
+		id, _ := m.Values["i"].(string)
+		if q.After != "" && id <= q.After {
+			r.Found = id == q.After
+			break
+		}
+		if len(r.Entries) == q.Limit {
+			r.More = true
+			break
+		}
+		d, _ := m.Values["d"].(string)
+		r.Entries = append(r.Entries, chat.LogEntry{ID: id, Data: []byte(d)})
+	}
+	slices.Reverse(r.Entries)
+	return r, nil
+}
+
+// TakeOver hands fn, room by room, every message of node's that the logs
+// of the rooms in node's index still hold: the survivors of a dead node
+// store them, so that what it accepted is not lost with its persistence
+// queue (storing is idempotent on the id, so messages it did store are no
+// harm). A node also takes over its own name at start, after a crash. It
+// returns how many messages it handed over, and stops at fn's first error.
+func (b *RedisBroker) TakeOver(ctx context.Context, node string, fn func(room string, entries []chat.LogEntry) error) (int, error) {
+	if b.isClosed.Load() {
+		return 0, ErrBrokerClosed
+	}
+	rooms, err := b.client.ZRange(ctx, b.prefix+":node-rooms:{"+node+"}", 0, -1).Result()
+	if err != nil {
+		return 0, fmt.Errorf("cluster: redis take over node %s: %w", node, err)
+	}
+	total := 0
+	for _, room := range rooms {
+		msgs, err := b.client.XRange(ctx, b.logKey(room), "-", "+").Result()
+		if err != nil {
+			return total, fmt.Errorf("cluster: redis take over node %s: room %s: %w", node, room, err)
+		}
+		var entries []chat.LogEntry
+		for _, m := range msgs {
+			if n, _ := m.Values["n"].(string); n != node {
+				continue
+			}
+			id, _ := m.Values["i"].(string)
+			d, _ := m.Values["d"].(string)
+			entries = append(entries, chat.LogEntry{ID: id, Data: []byte(d)})
+		}
+		if len(entries) == 0 {
+			continue
+		}
+		if err := fn(room, entries); err != nil {
+			return total, err
+		}
+		total += len(entries)
+	}
+	return total, nil
 }
 
 // Subscribe implements chat.Broker. The first Subscribe of a room (since
@@ -524,10 +728,10 @@ func (b *RedisBroker) syncRound() {
 		switch {
 		case r == nil:
 		case r.count > 0 && !r.issued:
-			subs = append(subs, b.chanPrefix+name)
+			subs = append(subs, b.channel(name))
 			r.issued = true
 		case r.count == 0 && r.issued:
-			unsubs = append(unsubs, b.chanPrefix+name)
+			unsubs = append(unsubs, b.channel(name))
 			delete(b.rooms, name)
 		case r.count == 0:
 			delete(b.rooms, name)
@@ -657,8 +861,8 @@ func (b *RedisBroker) pause(failures int) bool {
 
 // deliver hands m to the handler if its room is subscribed on this node.
 func (b *RedisBroker) deliver(m *redis.Message) {
-	room, ok := strings.CutPrefix(m.Channel, b.chanPrefix)
-	if !ok {
+	room, ok := strings.CutPrefix(m.Channel, b.chanPrefix+"{")
+	if room, ok = strings.CutSuffix(room, "}"); !ok {
 		return
 	}
 	b.mu.Lock()

@@ -65,6 +65,12 @@ func TestRedisBrokerCluster(t *testing.T) {
 	chattest.RunClusterBrokerTests(t, redisNodes(srv))
 }
 
+func TestRedisBrokerLog(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	chattest.RunLogTests(t, redisNodes(srv))
+	chattest.RunClusterLogTests(t, redisNodes(srv))
+}
+
 // A client shared with the rest of the node (and its default retries) works
 // too; the broker leaves it open.
 func TestRedisBrokerSharedClient(t *testing.T) {
@@ -81,8 +87,8 @@ func TestRedisBrokerSharedClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	rec.WaitData(t, "lobby", []byte("hi"))
-	if got, err := client.Get(ctx, "other:last:lobby").Result(); err != nil || len(got) < len(id) || got[:len(id)] != id {
-		t.Fatalf("last id key = %q, %v; want it to start with %s", got, err, id)
+	if got, err := client.XRevRangeN(ctx, "other:{lobby}:log", "+", "-", 1).Result(); err != nil || len(got) != 1 || got[0].Values["i"] != id {
+		t.Fatalf("room log = %v, %v; want its last message to be %s", got, err, id)
 	}
 	// The same publication again (a go-redis retry after a lost reply) is
 	// not published twice.
@@ -506,4 +512,83 @@ func redisClient(tb testing.TB, srv *testsvc.Redis) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr(), ContextTimeoutEnabled: true})
 	tb.Cleanup(func() { c.Close() })
 	return c
+}
+
+// A publication resolved as not accepted is refused when it arrives late
+// (it sat in a stalled Redis's input, say): the sender's error stays true.
+func TestRedisBrokerResolveFencesLatePublish(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	rec := chattest.NewRecorder()
+	b := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL()}, rec.Handle)
+	ctx := context.Background()
+	room := chattest.RoomName()
+	if err := b.Subscribe(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	ids := chattest.SortedIDs(2)
+	if ok, err := b.Resolve(ctx, room, ids[0]); err != nil || ok {
+		t.Fatalf("Resolve of an unpublished message = %v, %v; want false", ok, err)
+	}
+	if err := b.Publish(ctx, room, ids[0], []byte("late")); err == nil {
+		t.Fatal("a fenced publication was accepted")
+	}
+	var ooe *chat.OutOfOrderError
+	if err := b.Publish(ctx, room, ids[1], []byte("next")); err != nil {
+		t.Fatalf("the next message: %v", err)
+	} else if errors.As(err, &ooe) {
+		t.Fatal(err)
+	}
+	rec.WaitData(t, room, []byte("next"))
+	if got := rec.Room(room); len(got) != 1 {
+		t.Fatalf("deliveries %q, want only the next message", got)
+	}
+	if ok, err := b.Resolve(ctx, room, ids[1]); err != nil || !ok {
+		t.Fatalf("Resolve of an accepted message = %v, %v; want true", ok, err)
+	}
+}
+
+// TakeOver finds what a node logged, in every room it published to, and
+// nothing of other nodes'.
+func TestRedisBrokerTakeOver(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	a := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "a"}, func(string, []byte) {})
+	b := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "b"}, func(string, []byte) {})
+	ctx := context.Background()
+	want := map[string][]string{}
+	after := ""
+	for i := range 6 {
+		room := fmt.Sprintf("r%d-%s", i%3, chattest.RoomName())
+		if i >= 3 {
+			room = fmt.Sprintf("r%d", i%3)
+		}
+		for _, node := range []*cluster.RedisBroker{a, b} {
+			id, err := chattest.PublishMessage(ctx, node, room, after, func(id string) []byte { return []byte(id) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			after = id
+			if node == a {
+				want[room] = append(want[room], id)
+			}
+		}
+	}
+	got := map[string][]string{}
+	n, err := b.TakeOver(ctx, "a", func(room string, entries []chat.LogEntry) error {
+		for _, e := range entries {
+			if string(e.Data) != e.ID {
+				t.Errorf("entry %s carries %q", e.ID, e.Data)
+			}
+			got[room] = append(got[room], e.ID)
+		}
+		return nil
+	})
+	if err != nil || n != 6 {
+		t.Fatalf("TakeOver = %d, %v; want 6 messages", n, err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("taken over %v, want %v", got, want)
+	}
+	if n, err := b.TakeOver(ctx, "nobody", func(string, []chat.LogEntry) error { return nil }); err != nil || n != 0 {
+		t.Fatalf("TakeOver of an unknown node = %d, %v", n, err)
+	}
 }

@@ -334,6 +334,27 @@ func (w *Writer) Enqueue(msg chat.Message) error {
 	return nil
 }
 
+// EnqueueWait is Enqueue that waits, polling with backoff, while the queue
+// is full, until ctx ends. It is for background work that must not be
+// refused (the messages of a dead node, taken over from the room logs).
+func (w *Writer) EnqueueWait(ctx context.Context, msg chat.Message) error {
+	pause := 10 * time.Millisecond
+	for {
+		err := w.Enqueue(msg)
+		if !errors.Is(err, chat.ErrOverloaded) {
+			return err
+		}
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, 500*time.Millisecond)
+	}
+}
+
 func validMessage(m chat.Message) error {
 	if m.ID == "" {
 		return fmt.Errorf("%w: empty id", ErrInvalidMessage)

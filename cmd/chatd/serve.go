@@ -161,11 +161,15 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if c.redisURL != "" {
 		newBroker = func(h chat.BrokerHandler) chat.Broker {
 			redisBroker, brokerErr = cluster.NewRedisBroker(cluster.RedisBrokerConfig{
-				URL:    c.redisURL,
-				Logger: log,
+				URL:      c.redisURL,
+				NodeName: c.nodeName,
+				Logger:   log,
+				// Resync runs before the relay delivers anything more, so
+				// no broadcast reaches a channel about to be told to
+				// recover.
 				OnReconnect: func() {
 					if hub := hubRef.Load(); hub != nil {
-						go hub.Resync()
+						hub.Resync()
 					}
 				},
 			}, h)
@@ -244,6 +248,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			return fail(err)
 		}
 		closers = append(closers, closer{"redis relay", func(context.Context) error { return redisBroker.Close() }})
+		// What this node accepted before a crash and had not stored yet
+		// is in the room logs: store it before serving.
+		tctx, cancel := context.WithTimeout(ctx, c.shutdownWait)
+		takeOver(tctx, redisBroker, writer, log, c.nodeName)
+		cancel()
 		checks = append(checks, server.Check{Name: "redis", Check: redisBroker.Ping})
 		if err := redisPresence.Run(); err != nil {
 			return fail(err)
@@ -277,15 +286,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fail(err)
 		}
-		// A node declared dead leaves its presence and connection slots
-		// behind: every survivor frees them (idempotently; the leaves are
-		// broadcast once).
+		// A node declared dead leaves its presence, connection slots and
+		// unstored messages behind: every survivor frees the first two
+		// (idempotently; the leaves are broadcast once) and stores the
+		// messages from the room logs (idempotently too).
+		bg := newTasks()
+		closers = append(closers, closer{"background tasks", bg.close})
 		membership.OnLeave(func(m cluster.Member) {
 			if m.State != cluster.MemberDead {
 				return
 			}
-			go func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			bg.goTask(func(ctx context.Context) {
+				takeOver(ctx, redisBroker, writer, log, m.Name)
+			})
+			bg.goTask(func(ctx context.Context) {
+				ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
 				removed, err := redisPresence.RemoveNode(ctx, m.Name)
 				if err != nil {
@@ -299,7 +314,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 					log.Warn("connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
 				}
 				log.Info("freed what a dead node held", "dead_node", m.Name, "presence_rooms", len(removed), "slots", n)
-			}()
+			})
 		})
 	} else {
 		log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")

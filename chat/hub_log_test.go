@@ -1,0 +1,237 @@
+package chat
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// frames decodes the frames queued for s.
+func frames(t *testing.T, s *Session) []Frame {
+	t.Helper()
+	var out []Frame
+	for _, b := range s.take(nil) {
+		f, err := DecodeFrame(b)
+		if err != nil {
+			t.Fatalf("queued %q: %v", b, err)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+func joinFrame(topic, ref, payload string) Frame {
+	return Frame{JoinRef: ref, Ref: ref, Topic: topic, Event: EventJoin, Payload: json.RawMessage(payload)}
+}
+
+// joinReply joins s to topic with payload and returns the reply's response.
+func joinReply(t *testing.T, s *Session, topic, ref, payload string) joinResponse {
+	t.Helper()
+	s.handle(context.Background(), joinFrame(topic, ref, payload))
+	for _, f := range frames(t, s) {
+		if f.Event != EventReply || f.Ref != ref {
+			continue
+		}
+		var r struct {
+			Status   string       `json:"status"`
+			Response joinResponse `json:"response"`
+		}
+		if err := json.Unmarshal(f.Payload, &r); err != nil || r.Status != "ok" {
+			t.Fatalf("join reply %s: %v", f.Payload, err)
+		}
+		return r.Response
+	}
+	t.Fatalf("no reply to join %s", ref)
+	return joinResponse{}
+}
+
+func newMsgEvents(fs []Frame) (ids []string) {
+	for _, f := range fs {
+		if f.Event == EventNewMsg {
+			m, _ := decodeMessage(f.Payload)
+			ids = append(ids, m.ID)
+		}
+	}
+	return ids
+}
+
+// A join with since on a node where the room has no members reads the
+// room's log, which holds what every node accepted, stored or not.
+func TestJoinSinceReadsTheLog(t *testing.T) {
+	h, err := NewHub(Config{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	pub := newTestSession(h, "pub")
+	r, _, err := h.join(ctx, pub, "lobby", "1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for range 5 {
+		m, err := h.publish(ctx, r, "pub", "hi")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, m.ID)
+	}
+	h.leave(pub, r)
+
+	s := newTestSession(h, "s")
+	resp := joinReply(t, s, "room:lobby", "1", `{"since":"`+ids[0]+`"}`)
+	var got []string
+	for _, m := range resp.Messages {
+		got = append(got, m.ID)
+	}
+	if len(got) != 4 || got[0] != ids[1] || got[3] != ids[4] || resp.Recovered == nil || !*resp.Recovered {
+		t.Fatalf("since %s: %v recovered %v; want %v, true", ids[0], got, resp.Recovered, ids[1:])
+	}
+	// An id the log does not know, with no store behind it: not recovered.
+	resp = joinReply(t, s, "room:lobby", "2", `{"since":"`+uuid.Must(uuid.NewV7()).String()+`"}`)
+	if resp.Recovered == nil || *resp.Recovered {
+		t.Fatal("an unknown since id was reported recovered")
+	}
+}
+
+// After phx_error a channel gets no broadcasts until it is rejoined: the
+// client would otherwise move its last id past the gap it must recover.
+func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
+	h, err := NewHub(Config{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a := newTestSession(h, "a")
+	joinReply(t, a, "room:lobby", "1", `{}`)
+	h.Resync()
+	if fs := frames(t, a); len(fs) != 1 || fs[0].Event != EventError || fs[0].JoinRef != "1" {
+		t.Fatalf("after Resync: %v, want one phx_error", fs)
+	}
+	h.Resync() // an errored channel is told once
+	r := a.channels["room:lobby"].room
+	if _, err := h.publish(ctx, r, "b", "missed"); err != nil {
+		t.Fatal(err)
+	}
+	if ids := newMsgEvents(frames(t, a)); len(ids) != 0 {
+		t.Fatalf("errored channel received %v", ids)
+	}
+	// A push on the errored channel: it is gone.
+	a.handle(ctx, Frame{JoinRef: "1", Ref: "2", Topic: "room:lobby", Event: EventNewMsg, Payload: json.RawMessage(`{"body":"x"}`)})
+	if fs := frames(t, a); len(fs) != 1 || fs[0].Event != EventReply || !json.Valid(fs[0].Payload) ||
+		string(fs[0].Payload) != `{"status":"error","response":{"reason":"unmatched topic"}}` {
+		t.Fatalf("push on an errored channel: %v", fs)
+	}
+	joinReply(t, a, "room:lobby", "3", `{}`)
+	r = a.channels["room:lobby"].room
+	m, err := h.publish(ctx, r, "b", "after")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := newMsgEvents(frames(t, a)); len(ids) != 1 || ids[0] != m.ID {
+		t.Fatalf("rejoined channel received %v, want %s", ids, m.ID)
+	}
+}
+
+// A node's ids keep increasing past every id it has seen, so a room whose
+// log was lost (Redis restarted empty) does not see ids go backwards.
+func TestIDsAfterTheHighestSeen(t *testing.T) {
+	h, err := NewHub(Config{}, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	s := newTestSession(h, "s")
+	r, _, err := h.join(ctx, s, "lobby", "1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A message from a node whose clock runs an hour ahead.
+	ahead, _ := uuid.NewV7()
+	ms := time.Now().Add(time.Hour).UnixMilli()
+	for i := range 6 {
+		ahead[i] = byte(ms >> (40 - 8*i))
+	}
+	h.deliver("lobby", EncodeMessage("room:lobby", Message{ID: ahead.String(), Room: "lobby", UserID: "x", Body: "b"}))
+	m, err := h.publish(ctx, r, "s", "later")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.ID <= ahead.String() {
+		t.Fatalf("id %s is not after the highest seen %s", m.ID, ahead)
+	}
+}
+
+// faultyBroker fails Publish after (or instead of) publishing, as a Redis
+// that timed out does.
+type faultyBroker struct {
+	*MemoryBroker
+	publishFirst bool
+	resolves     int
+}
+
+var errTimeout = errors.New("i/o timeout")
+
+func (b *faultyBroker) Publish(ctx context.Context, room, id string, data []byte) error {
+	if id != "" && b.publishFirst {
+		if err := b.MemoryBroker.Publish(ctx, room, id, data); err != nil {
+			return err
+		}
+	}
+	if id != "" {
+		return errTimeout
+	}
+	return b.MemoryBroker.Publish(ctx, room, id, data)
+}
+
+func (b *faultyBroker) Resolve(ctx context.Context, room, id string) (bool, error) {
+	b.resolves++
+	if b.resolves == 1 {
+		return false, errTimeout // still unknown: tried again
+	}
+	return b.MemoryBroker.Resolve(ctx, room, id)
+}
+
+// A publish whose outcome is unknown is settled against the log before the
+// sender is answered: accepted means ok and stored, not accepted means an
+// error and nothing delivered.
+func TestPublishUnknownOutcomeResolved(t *testing.T) {
+	for _, accepted := range []bool{true, false} {
+		var fb *faultyBroker
+		sink := &countingSink{}
+		h, err := NewHub(Config{}, Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
+			fb = &faultyBroker{MemoryBroker: NewMemoryBroker(hd), publishFirst: accepted}
+			return fb
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx := context.Background()
+		s := newTestSession(h, "s")
+		r, _, err := h.join(ctx, s, "lobby", "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := h.publish(ctx, r, "s", "hi")
+		delivered := newMsgEvents(frames(t, s))
+		switch {
+		case accepted && (err != nil || len(delivered) != 1 || delivered[0] != m.ID || sink.committed != 1):
+			t.Fatalf("accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed)
+		case !accepted && (err == nil || len(delivered) != 0 || sink.committed != 0 || sink.cancelled != 1):
+			t.Fatalf("not accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed)
+		}
+		if fb.resolves != 2 {
+			t.Fatalf("%d resolves, want 2 (one failed)", fb.resolves)
+		}
+	}
+}
+
+type countingSink struct{ committed, cancelled int }
+
+func (c *countingSink) Reserve() error { return nil }
+func (c *countingSink) Commit(Message) { c.committed++ }
+func (c *countingSink) Cancel()        { c.cancelled++ }
