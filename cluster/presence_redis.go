@@ -31,8 +31,9 @@ type RedisPresenceConfig struct {
 	// Client is nil. The presence owns that client, closes it in Close, and
 	// sets ContextTimeoutEnabled and MaxRetries -1 on it.
 	URL string
-	// Prefix starts every key the presence uses: "<Prefix>:presence:<room>"
-	// is a room's entries (a hash of phx_ref to JSON entry),
+	// Prefix starts every key the presence uses: "<Prefix>:{<room>}:presence"
+	// is a room's entries (a hash of phx_ref to JSON entry, in the room's
+	// hash slot),
 	// "<Prefix>:presence-node:<node>" the (room, phx_ref) pairs a node
 	// added, "<Prefix>:alive:<node>" a node's liveness lease and
 	// "<Prefix>:nodes" the set of nodes with one. Every node of a cluster
@@ -137,7 +138,7 @@ type RedisPresence struct {
 	cfg         RedisPresenceConfig
 	log         *slog.Logger
 	run         string // identifies this RedisPresence among runs of the node
-	roomPrefix  string // "<Prefix>:presence:"
+	roomPrefix  string // "<Prefix>:{": a room's hash is roomPrefix + room + "}:presence"
 	nodePrefix  string // "<Prefix>:presence-node:"
 	alivePrefix string // "<Prefix>:alive:"
 	nodesKey    string // "<Prefix>:nodes"
@@ -162,6 +163,9 @@ type RedisPresence struct {
 
 	swept, restored, errs atomic.Int64
 }
+
+// roomKey returns the key of room's hash, in the room's hash slot.
+func (p *RedisPresence) roomKey(room string) string { return p.roomPrefix + room + "}:presence" }
 
 // roomRef names one entry.
 type roomRef struct{ room, ref string }
@@ -216,7 +220,7 @@ var removeScript = redis.NewScript(presenceLua + `
 local out = {}
 for i = 3, #ARGV, 2 do
   local room, ref = ARGV[i], ARGV[i + 1]
-  local key = ARGV[1] .. room
+  local key = ARGV[1] .. room .. '}:presence'
   local v = redis.call('HGET', key, ref)
   if v then
     redis.call('HDEL', key, ref)
@@ -242,7 +246,7 @@ local k = 0
 for i = 2, #ARGV, 3 do
   k = k + 1
   local room, ref = ARGV[i], ARGV[i + 1]
-  if redis.call('HSETNX', ARGV[1] .. room, ref, ARGV[i + 2]) == 1 then
+  if redis.call('HSETNX', ARGV[1] .. room .. '}:presence', ref, ARGV[i + 2]) == 1 then
     out[#out + 1] = k
   end
   redis.call('SADD', KEYS[1], tostring(#room) .. ':' .. room .. ref)
@@ -270,7 +274,7 @@ for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local keep = false
   local room, ref = unpackPair(m)
   if room then
-    local key = ARGV[1] .. room
+    local key = ARGV[1] .. room .. '}:presence'
     local v = redis.call('HGET', key, ref)
     if v then
       local o, run = owner(v)
@@ -325,7 +329,7 @@ func NewRedisPresence(cfg RedisPresenceConfig) (*RedisPresence, error) {
 		cfg:         cfg,
 		log:         cfg.Logger,
 		run:         hex.EncodeToString(id[:]),
-		roomPrefix:  cfg.Prefix + ":presence:",
+		roomPrefix:  cfg.Prefix + ":{",
 		nodePrefix:  cfg.Prefix + ":presence-node:",
 		alivePrefix: cfg.Prefix + ":alive:",
 		nodesKey:    cfg.Prefix + ":nodes",
@@ -398,7 +402,7 @@ func (p *RedisPresence) Add(ctx context.Context, room string, e chat.PresenceEnt
 	r[ref] = e
 	delete(p.orphans, rr)
 	p.mu.Unlock()
-	err := addScript.Run(ctx, p.client, []string{p.roomPrefix + room, p.nodeKey},
+	err := addScript.Run(ctx, p.client, []string{p.roomKey(room), p.nodeKey},
 		ref, v, rr.member(), p.nodePrefix, p.cfg.NodeName).Err()
 	if err != nil {
 		p.errs.Add(1)
@@ -453,7 +457,7 @@ func (p *RedisPresence) List(ctx context.Context, room string) ([]chat.PresenceE
 	if p.isClosed.Load() {
 		return nil, ErrPresenceClosed
 	}
-	m, err := p.client.HGetAll(ctx, p.roomPrefix+room).Result()
+	m, err := p.client.HGetAll(ctx, p.roomKey(room)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("cluster: redis presence: list room %s: %w", room, err)
 	}
