@@ -67,7 +67,6 @@ function finish(err) {
       events: m.events,
     })),
   };
-  process.stdout.write(JSON.stringify(out) + "\n");
   for (const m of members) {
     try {
       m.socket.disconnect();
@@ -75,7 +74,8 @@ function finish(err) {
       // ending anyway
     }
   }
-  process.exit(0);
+  // A pipe is written asynchronously: exit once the summary is out.
+  process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(0));
 }
 
 const overall = setTimeout(() => finish(), cfg.timeout_ms || 60000);
