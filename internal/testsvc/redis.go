@@ -23,7 +23,8 @@ const RedisServerEnv = "CHATD_REDIS_SERVER"
 
 // Redis is a throwaway Redis server on its own loopback port, with no
 // persistence (no RDB snapshots, no AOF): a restart starts empty, like a
-// crashed cache. Methods are safe for concurrent use, except that Stop and
+// crashed cache. DEBUG is enabled (DEBUG SLEEP stalls the server for fault
+// tests). Methods are safe for concurrent use, except that Stop and
 // Start must not race each other.
 type Redis struct {
 	bin     string
@@ -177,6 +178,7 @@ func (r *Redis) start() error {
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
+		"--enable-debug-command", "yes",
 		"--dir", r.dir,
 		"--daemonize", "no",
 		"--logfile", "",
