@@ -122,16 +122,21 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 					return nil
 				}
 			}
-			select {
-			case <-s.done:
+			if s.closing() {
 				return nil // closed by the server: idle, slow or shutdown
-			default:
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
 			s.logger().Debug("read ended", "err", err)
 			return err
+		}
+		if s.closing() {
+			// The server has sent its close, or is about to: a frame read
+			// now is not handled, since its reply could not be sent (the
+			// client would resend what was accepted). Reading goes on
+			// until the close handshake ends.
+			continue
 		}
 		idle.Reset(s.hub.cfg.IdleTimeout)
 		if typ == ws.OpBinary {
@@ -295,6 +300,11 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		s.enqueue(EncodeError(f, ErrRateLimited))
 		return
 	}
+	if s.closing() {
+		// The session began closing while this push was checked: its
+		// reply could not be sent, so it is not published.
+		return
+	}
 	msg, err := s.hub.publish(ctx, ch.room, s.user, body)
 	if err != nil {
 		ce := asChatError(err)
@@ -357,6 +367,7 @@ func (s *Session) overflowLocked() {
 	}
 	s.qclosed = true
 	s.queue, s.qbytes, s.joining = nil, 0, nil
+	s.markDone() // the reader stops handling frames now, not when the close is sent
 	s.hub.stats.slowConsumers.Add(1)
 	s.hub.stats.dropped[dropSlowConsumer].Add(dropped)
 	s.logger().Warn("closing slow consumer")
@@ -500,6 +511,17 @@ func (s *Session) flush(batch [][]byte) bool {
 // built when a line is logged, so an idle connection holds none.
 func (s *Session) logger() *slog.Logger {
 	return s.hub.log.With("conn_id", s.id, "user_id", s.user)
+}
+
+// closing reports whether the session is ending: closed by the server
+// (idle, slow consumer, shutdown) or its connection failed.
+func (s *Session) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (s *Session) markDone() {
