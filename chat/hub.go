@@ -39,7 +39,8 @@ type Config struct {
 	// Zero: 1024.
 	SendQueueLen int
 	// SendQueueBytes bounds the bytes queued for one connection the same
-	// way. Zero: 4 MiB.
+	// way; one reply to the connection's own join (its history, the room's
+	// presence_state) is admitted beyond it. Zero: 4 MiB.
 	SendQueueBytes int
 	// UserRate is how many messages per second one user may push, across
 	// its connections to this node. Zero: no rate limit.

@@ -30,6 +30,9 @@ type Session struct {
 	queue   [][]byte
 	qbytes  int
 	qclosed bool
+	// oversize is the size of the one reply queued beyond the byte bound
+	// (see enqueueReplyLocked), not counted in qbytes; 0 when none is.
+	oversize int
 	// writing is set while a writer goroutine runs; one is started when
 	// frames are queued and none runs, and it ends when the queue is empty,
 	// so an idle connection has no writer goroutine.
@@ -359,6 +362,30 @@ func (s *Session) enqueueLocked(data []byte) bool {
 	return true
 }
 
+// enqueueReply queues a reply to this connection's own request (a join's
+// reply, its presence_state), which may be larger than the byte bound.
+func (s *Session) enqueueReply(data []byte) {
+	s.qmu.Lock()
+	s.enqueueReplyLocked(data)
+	s.unlockAndWrite()
+}
+
+// enqueueReplyLocked is enqueueLocked for a reply to this connection's
+// own request: when it does not fit in the byte bound (a history of 200
+// long messages, the presence of a huge room), it is admitted anyway,
+// uncounted, as long as no other reply is queued that way. The bound then
+// applies to what follows as if the reply were not there, so the joiner
+// gets its reply and is not closed as a slow consumer for asking; the
+// queue still holds at most the bound and one reply.
+func (s *Session) enqueueReplyLocked(data []byte) bool {
+	if s.qclosed || s.qbytes+len(data) <= s.hub.cfg.SendQueueBytes || s.oversize > 0 || len(s.queue) >= s.hub.cfg.SendQueueLen {
+		return s.enqueueLocked(data)
+	}
+	s.queue = append(s.queue, data)
+	s.oversize = len(data)
+	return true
+}
+
 // overflowLocked closes the session as a slow consumer, with qmu held.
 func (s *Session) overflowLocked() {
 	dropped := int64(len(s.queue)) + 1 // the queue and the frame that did not fit
@@ -366,7 +393,7 @@ func (s *Session) overflowLocked() {
 		dropped += int64(len(held))
 	}
 	s.qclosed = true
-	s.queue, s.qbytes, s.joining = nil, 0, nil
+	s.queue, s.qbytes, s.oversize, s.joining = nil, 0, 0, nil
 	s.markDone() // the reader stops handling frames now, not when the close is sent
 	s.hub.stats.slowConsumers.Add(1)
 	s.hub.stats.dropped[dropSlowConsumer].Add(dropped)
@@ -445,7 +472,7 @@ func (s *Session) finishJoin(r *room, f Frame, p joinParams, loaded historyLoad)
 		}
 	}
 	resp := assembleHistory(p, loaded, heldMsgs, frontier)
-	queued := s.enqueueLocked(EncodeReply(f, resp))
+	queued := s.enqueueReplyLocked(EncodeReply(f, resp))
 	if ok && queued {
 		for _, d := range held {
 			if d.msg.ID == "" && !s.enqueueLocked(d.data) {
@@ -478,12 +505,12 @@ func (s *Session) writeLoop() {
 		// The queue and the batch swap places: frames queued during the
 		// write go to the other one.
 		batch, s.queue = s.queue, batch[:0]
-		s.qbytes = 0
+		s.qbytes, s.oversize = 0, 0
 		s.qmu.Unlock()
 		if !s.flush(batch) {
 			s.qmu.Lock()
 			s.writing, s.qclosed = false, true
-			s.queue, s.qbytes = nil, 0
+			s.queue, s.qbytes, s.oversize = nil, 0, 0
 			s.qmu.Unlock()
 			return
 		}

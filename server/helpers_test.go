@@ -64,8 +64,16 @@ func testLogger(tb testing.TB) *slog.Logger {
 // server config and options before New.
 func startServer(tb testing.TB, hc chat.Config, mod func(*Config, *Options)) *testServer {
 	tb.Helper()
+	return startServerWith(tb, hc, chat.Options{}, mod)
+}
+
+// startServerWith is startServer with the hub's collaborators ho (its
+// Logger is set here).
+func startServerWith(tb testing.TB, hc chat.Config, ho chat.Options, mod func(*Config, *Options)) *testServer {
+	tb.Helper()
 	log := testLogger(tb)
-	hub, err := chat.NewHub(hc, chat.Options{Logger: log})
+	ho.Logger = log
+	hub, err := chat.NewHub(hc, ho)
 	if err != nil {
 		tb.Fatal(err)
 	}
