@@ -235,6 +235,10 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
+	if !s.hub.rates.allow(ctx, s.user, "join", Rate{PerSecond: s.hub.cfg.JoinRate, Burst: s.hub.cfg.JoinBurst}) {
+		s.enqueue(EncodeError(f, ErrRateLimited))
+		return
+	}
 	if old := s.channels[f.Topic]; old != nil {
 		// A second join of a joined topic replaces the first channel, as
 		// Phoenix does: the old one is closed.
@@ -298,7 +302,7 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		s.enqueue(EncodeError(f, ErrBodyTooLong))
 		return
 	}
-	if s.us.limiter != nil && !s.us.limiter.Allow() {
+	if !s.hub.rates.allow(ctx, s.user, "rate", Rate{PerSecond: s.hub.cfg.UserRate, Burst: s.hub.cfg.UserBurst}) {
 		s.hub.countRefusal(ErrRateLimited)
 		s.enqueue(EncodeError(f, ErrRateLimited))
 		return
