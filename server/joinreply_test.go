@@ -3,7 +3,6 @@ package server
 import (
 	"encoding/json"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -111,21 +110,9 @@ func TestPresenceOfAHugeRoom(t *testing.T) {
 		query string
 		want  int
 	}{{"", 1000}, {"?limit=10", 10}, {"?limit=1000000", 10000}} {
-		req, _ := http.NewRequest("GET", s.ts.URL+"/api/rooms/huge/presence"+tc.query, nil)
-		req.Header.Set("Authorization", "Bearer "+mint(t, "carol"))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var api struct {
-			Presences map[string]metas `json:"presences"`
-			Users     int              `json:"users"`
-			Truncated bool             `json:"truncated"`
-		}
-		json.NewDecoder(resp.Body).Decode(&api)
-		resp.Body.Close()
-		if resp.StatusCode != 200 || len(api.Presences) != tc.want || api.Users != n+1 || !api.Truncated {
-			t.Fatalf("presence API%s: %d, %d users of %d, truncated %v", tc.query, resp.StatusCode, len(api.Presences), api.Users, api.Truncated)
+		status, api := s.presenceAPI(t, "huge", tc.query)
+		if status != 200 || len(api.Presences) != tc.want || api.Users != n+1 || !api.Truncated {
+			t.Fatalf("presence API%s: %d, %d users of %d, truncated %v", tc.query, status, len(api.Presences), api.Users, api.Truncated)
 		}
 		if _, ok := api.Presences["member-with-a-long-user-id-000000"]; !ok {
 			t.Fatalf("presence API%s: not the first users by id", tc.query)
