@@ -12,7 +12,6 @@ import (
 
 	"github.com/chatd/chatd/ws"
 	"github.com/google/uuid"
-	"golang.org/x/time/rate"
 )
 
 // Config holds the hub's settings. The zero value of each field picks the
@@ -38,13 +37,22 @@ type Config struct {
 	// Zero: 1024.
 	SendQueueLen int
 	// SendQueueBytes bounds the bytes queued for one connection the same
-	// way. Zero: 4 MiB.
+	// way; one reply to the connection's own join (its history, the room's
+	// presence_state) is admitted beyond it. Zero: 4 MiB.
 	SendQueueBytes int
 	// UserRate is how many messages per second one user may push, across
-	// its connections to this node. Zero: no rate limit.
+	// its connections (to every node, with a distributed RateLimiter) and
+	// its reconnects. Zero: no rate limit.
 	UserRate float64
 	// UserBurst is the token bucket's size. Zero: 20.
 	UserBurst int
+	// JoinRate is how many joins per second one user may make, in a
+	// bucket of its own, the same way; a refused join gets rate_limited.
+	// Keep it generous: after a relay cut-off every channel rejoins at
+	// once. Zero: no join limit.
+	JoinRate float64
+	// JoinBurst is the join bucket's size. Zero: 100.
+	JoinBurst int
 	// RelayTimeout bounds one Publish to the broker, and each attempt to
 	// settle one whose outcome is unknown. Zero: 5 s.
 	RelayTimeout time.Duration
@@ -86,6 +94,9 @@ func (c *Config) setDefaults() error {
 	if c.UserBurst == 0 {
 		c.UserBurst = 20
 	}
+	if c.JoinBurst == 0 {
+		c.JoinBurst = 100
+	}
 	if c.RelayTimeout == 0 {
 		c.RelayTimeout = 5 * time.Second
 	}
@@ -96,10 +107,10 @@ func (c *Config) setDefaults() error {
 		c.PresenceInterval = 100 * time.Millisecond
 	}
 	switch {
-	case c.MaxBody < 0, c.MaxChannels < 0, c.ReadLimit < 0, c.SendQueueLen < 0, c.SendQueueBytes < 0, c.UserBurst < 0:
+	case c.MaxBody < 0, c.MaxChannels < 0, c.ReadLimit < 0, c.SendQueueLen < 0, c.SendQueueBytes < 0, c.UserBurst < 0, c.JoinBurst < 0:
 		return errors.New("chat: limits must not be negative")
-	case c.UserRate < 0:
-		return errors.New("chat: user rate must not be negative")
+	case c.UserRate < 0, c.JoinRate < 0:
+		return errors.New("chat: user and join rates must not be negative")
 	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.ResolveTimeout < 0, c.PresenceInterval < 0:
 		return errors.New("chat: timeouts must not be negative")
 	}
@@ -121,6 +132,10 @@ type Options struct {
 	History History
 	// Presence tracks who is in each room. Nil: a MemoryPresence.
 	Presence Presence
+	// RateLimiter holds the per-user message and join buckets. Nil: a
+	// MemoryRateLimiter. When it fails, the hub limits with buckets of its
+	// own (see rateTimeout).
+	RateLimiter RateLimiter
 }
 
 // Hub owns the rooms and sessions of one node.
@@ -133,6 +148,7 @@ type Hub struct {
 	presence Presence
 
 	presenceDiffs *presenceBatcher
+	rates         *rateLimits
 
 	seed   maphash.Seed
 	shards [roomShards]roomShard
@@ -194,8 +210,7 @@ type member struct {
 
 // userState is what the node keeps per connected user.
 type userState struct {
-	limiter *rate.Limiter // nil: no rate limit
-	conns   int
+	conns int
 }
 
 type hubCounters struct {
@@ -292,6 +307,10 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 		h.presence = NewMemoryPresence()
 	}
 	h.presenceDiffs = newPresenceBatcher(h, cfg.PresenceInterval)
+	if opts.RateLimiter == nil {
+		opts.RateLimiter = NewMemoryRateLimiter()
+	}
+	h.rates = newRateLimits(h, opts.RateLimiter)
 	for i := range h.shards {
 		h.shards[i].rooms = make(map[string]*room)
 	}
@@ -640,9 +659,6 @@ func (h *Hub) acquireUser(user string) *userState {
 	u := h.users[user]
 	if u == nil {
 		u = &userState{}
-		if h.cfg.UserRate > 0 {
-			u.limiter = rate.NewLimiter(rate.Limit(h.cfg.UserRate), h.cfg.UserBurst)
-		}
 		h.users[user] = u
 	}
 	u.conns++

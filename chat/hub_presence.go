@@ -198,7 +198,7 @@ func (h *Hub) trackPresence(ctx context.Context, s *Session, room, topic, joinRe
 		entries = []PresenceEntry{e}
 	}
 	// The push carries the channel's join_ref, as Phoenix's does.
-	s.enqueue(AppendFrame(nil, joinRef, "", topic, EventPresenceState, appendPresence(nil, entries)))
+	s.enqueueReply(AppendFrame(nil, joinRef, "", topic, EventPresenceState, appendPresence(nil, entries)))
 	return &e
 }
 

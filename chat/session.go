@@ -30,6 +30,9 @@ type Session struct {
 	queue   [][]byte
 	qbytes  int
 	qclosed bool
+	// oversize is the size of the one reply queued beyond the byte bound
+	// (see enqueueReplyLocked), not counted in qbytes; 0 when none is.
+	oversize int
 	// writing is set while a writer goroutine runs; one is started when
 	// frames are queued and none runs, and it ends when the queue is empty,
 	// so an idle connection has no writer goroutine.
@@ -123,16 +126,21 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 					return nil
 				}
 			}
-			select {
-			case <-s.done:
+			if s.closing() {
 				return nil // closed by the server: idle, slow or shutdown
-			default:
 			}
 			if ctx.Err() != nil {
 				return nil
 			}
 			s.logger().Debug("read ended", "err", err)
 			return err
+		}
+		if s.closing() {
+			// The server has sent its close, or is about to: a frame read
+			// now is not handled, since its reply could not be sent (the
+			// client would resend what was accepted). Reading goes on
+			// until the close handshake ends.
+			continue
 		}
 		idle.Reset(s.hub.cfg.IdleTimeout)
 		if typ == ws.OpBinary {
@@ -235,6 +243,10 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
+	if !s.hub.rates.allow(ctx, s.user, "join", Rate{PerSecond: s.hub.cfg.JoinRate, Burst: s.hub.cfg.JoinBurst}) {
+		s.enqueue(EncodeError(f, ErrRateLimited))
+		return
+	}
 	if old := s.channels[f.Topic]; old != nil {
 		// A second join of a joined topic replaces the first channel, as
 		// Phoenix does: the old one is closed.
@@ -298,9 +310,14 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		s.enqueue(EncodeError(f, ErrBodyTooLong))
 		return
 	}
-	if s.us.limiter != nil && !s.us.limiter.Allow() {
+	if !s.hub.rates.allow(ctx, s.user, "rate", Rate{PerSecond: s.hub.cfg.UserRate, Burst: s.hub.cfg.UserBurst}) {
 		s.hub.countRefusal(ErrRateLimited)
 		s.enqueue(EncodeError(f, ErrRateLimited))
+		return
+	}
+	if s.closing() {
+		// The session began closing while this push was checked: its
+		// reply could not be sent, so it is not published.
 		return
 	}
 	msg, err := s.hub.publish(ctx, ch.room, s.user, body)
@@ -357,6 +374,30 @@ func (s *Session) enqueueLocked(data []byte) bool {
 	return true
 }
 
+// enqueueReply queues a reply to this connection's own request (a join's
+// reply, its presence_state), which may be larger than the byte bound.
+func (s *Session) enqueueReply(data []byte) {
+	s.qmu.Lock()
+	s.enqueueReplyLocked(data)
+	s.unlockAndWrite()
+}
+
+// enqueueReplyLocked is enqueueLocked for a reply to this connection's
+// own request: when it does not fit in the byte bound (a history of 200
+// long messages, the presence of a huge room), it is admitted anyway,
+// uncounted, as long as no other reply is queued that way. The bound then
+// applies to what follows as if the reply were not there, so the joiner
+// gets its reply and is not closed as a slow consumer for asking; the
+// queue still holds at most the bound and one reply.
+func (s *Session) enqueueReplyLocked(data []byte) bool {
+	if s.qclosed || s.qbytes+len(data) <= s.hub.cfg.SendQueueBytes || s.oversize > 0 || len(s.queue) >= s.hub.cfg.SendQueueLen {
+		return s.enqueueLocked(data)
+	}
+	s.queue = append(s.queue, data)
+	s.oversize = len(data)
+	return true
+}
+
 // overflowLocked closes the session as a slow consumer, with qmu held.
 func (s *Session) overflowLocked() {
 	dropped := int64(len(s.queue)) + 1 // the queue and the frame that did not fit
@@ -364,7 +405,8 @@ func (s *Session) overflowLocked() {
 		dropped += int64(len(held))
 	}
 	s.qclosed = true
-	s.queue, s.qbytes, s.joining = nil, 0, nil
+	s.queue, s.qbytes, s.oversize, s.joining = nil, 0, 0, nil
+	s.markDone() // the reader stops handling frames now, not when the close is sent
 	s.hub.stats.slowConsumers.Add(1)
 	s.hub.stats.dropped[dropSlowConsumer].Add(dropped)
 	s.logger().Warn("closing slow consumer")
@@ -443,7 +485,7 @@ func (s *Session) finishJoin(r *room, m *member, f Frame, p joinParams, loaded h
 		m.floor = resp.Messages[n-1].ID
 	}
 	r.mu.Unlock()
-	queued := s.enqueueLocked(EncodeReply(f, resp))
+	queued := s.enqueueReplyLocked(EncodeReply(f, resp))
 	if ok && queued {
 		for _, d := range held {
 			if d.msg.ID == "" && !s.enqueueLocked(d.data) {
@@ -476,12 +518,12 @@ func (s *Session) writeLoop() {
 		// The queue and the batch swap places: frames queued during the
 		// write go to the other one.
 		batch, s.queue = s.queue, batch[:0]
-		s.qbytes = 0
+		s.qbytes, s.oversize = 0, 0
 		s.qmu.Unlock()
 		if !s.flush(batch) {
 			s.qmu.Lock()
 			s.writing, s.qclosed = false, true
-			s.queue, s.qbytes = nil, 0
+			s.queue, s.qbytes, s.oversize = nil, 0, 0
 			s.qmu.Unlock()
 			return
 		}
@@ -509,6 +551,17 @@ func (s *Session) flush(batch [][]byte) bool {
 // built when a line is logged, so an idle connection holds none.
 func (s *Session) logger() *slog.Logger {
 	return s.hub.log.With("conn_id", s.id, "user_id", s.user)
+}
+
+// closing reports whether the session is ending: closed by the server
+// (idle, slow consumer, shutdown) or its connection failed.
+func (s *Session) closing() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
 }
 
 func (s *Session) markDone() {

@@ -53,6 +53,7 @@ func clStartNode(t testing.TB, redis *testsvc.Redis, name, join string, extra ma
 		"CHAT_CLUSTER_JOIN":       join,
 		"CHAT_ADMIN_TOKEN":        clAdminToken,
 		"CHAT_USER_RATE":          "0",
+		"CHAT_JOIN_RATE":          "0",
 		"CHAT_MAX_CONNS_PER_USER": "0",
 	}
 	maps.Copy(env, extra)

@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -99,11 +101,36 @@ func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
 		return
 	}
+	limit := DefaultPresenceLimit
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "bad_request", "limit must be a positive integer")
+			return
+		}
+		limit = min(n, MaxPresenceLimit)
+	}
 	state, err := s.hub.PresenceState(r.Context(), room)
 	if err != nil {
 		requestLogger(r.Context(), s.log).Warn("presence query failed", "room", room, "err", err)
 		writeError(w, http.StatusServiceUnavailable, "unavailable", "presence did not answer")
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"room": room, "presences": state})
+	users := len(state)
+	truncated := users > limit
+	if truncated {
+		// The first users by id, so that the answer is stable.
+		for _, u := range slices.Sorted(maps.Keys(state))[limit:] {
+			delete(state, u)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"room": room, "presences": state, "users": users, "truncated": truncated})
 }
+
+// The presence API answers at most DefaultPresenceLimit users (the first
+// by user id), or ?limit= up to MaxPresenceLimit; "users" counts them all
+// and "truncated" says some were left out.
+const (
+	DefaultPresenceLimit = 1000
+	MaxPresenceLimit     = 10000
+)

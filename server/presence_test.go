@@ -68,19 +68,9 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 	}
 
 	// The presence API agrees.
-	req, _ := http.NewRequest("GET", s.ts.URL+"/api/rooms/lobby/presence", nil)
-	req.Header.Set("Authorization", "Bearer "+mint(t, "carol"))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var api struct {
-		Presences map[string]metas `json:"presences"`
-	}
-	json.NewDecoder(resp.Body).Decode(&api)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || len(api.Presences["bob"].Metas) != 2 || len(api.Presences["alice"].Metas) != 1 {
-		t.Fatalf("presence API: %d %+v", resp.StatusCode, api)
+	status, api := s.presenceAPI(t, "lobby", "")
+	if status != 200 || len(api.Presences["bob"].Metas) != 2 || len(api.Presences["alice"].Metas) != 1 || api.Users != 2 || api.Truncated {
+		t.Fatalf("presence API: %d %+v", status, api)
 	}
 
 	// One tab closing leaves one meta; the other closing removes bob.
@@ -129,4 +119,27 @@ func TestPresenceDiffsAreBatched(t *testing.T) {
 		t.Fatalf("%d joins came in %d diffs: not batched", n, diffs)
 	}
 	t.Logf("%d joins in %d diffs", n, diffs)
+}
+
+// presenceBody is the answer of GET /api/rooms/{room}/presence.
+type presenceBody struct {
+	Presences map[string]metas `json:"presences"`
+	Users     int              `json:"users"`
+	Truncated bool             `json:"truncated"`
+}
+
+// presenceAPI asks the presence API about room, with query ("?limit=..."
+// or empty), as a user.
+func (s *testServer) presenceAPI(tb testing.TB, room, query string) (int, presenceBody) {
+	tb.Helper()
+	req, _ := http.NewRequest("GET", s.ts.URL+"/api/rooms/"+room+"/presence"+query, nil)
+	req.Header.Set("Authorization", "Bearer "+mint(tb, "carol"))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var api presenceBody
+	json.NewDecoder(resp.Body).Decode(&api)
+	return resp.StatusCode, api
 }

@@ -23,8 +23,8 @@ import (
 type serveConfig struct {
 	addr, secret, nodeName, origins, adminToken string
 	maxConns, userBurst, maxBody, maxChannels   int
-	readLimit                                   int
-	userRate                                    float64
+	readLimit, joinBurst                        int
+	userRate, joinRate                          float64
 	shutdownWait, drainDelay                    time.Duration
 
 	dbURL                         string
@@ -50,6 +50,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.maxConns, "max-conns-per-user", "CHAT_MAX_CONNS_PER_USER", 5, "connections one user may hold (0: no limit)")
 	f.floatVar(&c.userRate, "user-rate", "CHAT_USER_RATE", 10, "messages per second one user may send (0: no limit)")
 	f.intVar(&c.userBurst, "user-burst", "CHAT_USER_BURST", 20, "burst of the per-user rate limit")
+	f.floatVar(&c.joinRate, "join-rate", "CHAT_JOIN_RATE", 10, "joins per second one user may make (0: no limit)")
+	f.intVar(&c.joinBurst, "join-burst", "CHAT_JOIN_BURST", 100, "burst of the per-user join limit")
 	f.intVar(&c.maxBody, "max-body", "CHAT_MAX_BODY", 4000, "most characters in a message body")
 	f.intVar(&c.maxChannels, "max-channels", "CHAT_MAX_CHANNELS", 100, "most topics one connection may join")
 	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
@@ -78,10 +80,10 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
 	switch {
-	case c.maxConns < 0, c.userRate < 0:
-		return nil, errors.New("serve: max-conns-per-user and user-rate must not be negative")
-	case c.userBurst < 1, c.maxBody < 1, c.maxChannels < 1:
-		return nil, errors.New("serve: user-burst, max-body and max-channels must be positive")
+	case c.maxConns < 0, c.userRate < 0, c.joinRate < 0:
+		return nil, errors.New("serve: max-conns-per-user, user-rate and join-rate must not be negative")
+	case c.userBurst < 1, c.joinBurst < 1, c.maxBody < 1, c.maxChannels < 1:
+		return nil, errors.New("serve: user-burst, join-burst, max-body and max-channels must be positive")
 	case c.readLimit < 1024:
 		return nil, errors.New("serve: read-limit must be at least 1024 bytes")
 	case c.shutdownWait <= 0:
@@ -210,6 +212,18 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		presence = redisPresence
 	}
 
+	// The per-user message and join buckets are cluster-wide with Redis,
+	// so that neither reconnecting nor switching nodes resets them.
+	var rateLimiter chat.RateLimiter
+	if c.redisURL != "" {
+		redisRates, err := cluster.NewRedisRateLimiter(cluster.RedisRateLimiterConfig{URL: c.redisURL, Logger: log})
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closer{"rate limits", func(context.Context) error { return redisRates.Close() }})
+		rateLimiter = redisRates
+	}
+
 	// The writer is closed after the hub's connections, so that every
 	// accepted message is drained; it is registered before the broker so
 	// that it closes after the relay.
@@ -232,7 +246,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		ReadLimit:   int64(c.readLimit),
 		UserRate:    c.userRate,
 		UserBurst:   c.userBurst,
-	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker, Presence: presence})
+		JoinRate:    c.joinRate,
+		JoinBurst:   c.joinBurst,
+	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker, Presence: presence, RateLimiter: rateLimiter})
 	if err != nil {
 		return fail(err)
 	}
