@@ -23,7 +23,7 @@ const RedisServerEnv = "CHATD_REDIS_SERVER"
 
 // Redis is a throwaway Redis server on its own loopback port, with no
 // persistence (no RDB snapshots, no AOF): a restart starts empty, like a
-// crashed cache. Methods are safe for concurrent use, except that Stop and
+// crashed cache. DEBUG commands (DEBUG SLEEP) are enabled. Methods are safe for concurrent use, except that Stop and
 // Start must not race each other.
 type Redis struct {
 	bin     string
@@ -177,6 +177,9 @@ func (r *Redis) start() error {
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
+		// DEBUG SLEEP stalls the server without closing anything, for
+		// tests of a busy Redis; loopback clients only.
+		"--enable-debug-command", "local",
 		"--dir", r.dir,
 		"--daemonize", "no",
 		"--logfile", "",
