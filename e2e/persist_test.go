@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os/exec"
@@ -1668,4 +1669,64 @@ func TestPersistRestartRecovery(t *testing.T) {
 		t.Errorf("after recovery alice's live stream is %v, want just %s", psIDs(live), p.Reply.id())
 	}
 	t.Logf("after the restart alice recovered %d missed messages (recovered=%s)", len(resp.Messages), psBool(resp.Recovered))
+}
+
+// TestPersistSIGTERMWithStalledRequest: clients chat on a node with
+// PostgreSQL while another client holds a request whose body never comes
+// (Content-Length: 1000, nothing sent). SIGTERM with a 20 s shutdown
+// timeout: the stalled request gets only its share of the time, so the
+// node exits 0 within 10 s, and every acknowledged message is in
+// PostgreSQL.
+func TestPersistSIGTERMWithStalledRequest(t *testing.T) {
+	t.Parallel()
+	pg := testsvc.StartPostgres(t)
+	c := psStartChatd(t, pg.URL(), map[string]string{"CHAT_SHUTDOWN_TIMEOUT": "20s"})
+	topics := []string{"room:stall", "room:stall"}
+	clients := []*psClient{psDial(t, c, "stall-a"), psDial(t, c, "stall-b")}
+	for i, cl := range clients {
+		cl.join(t, topics[i], nil)
+	}
+	load := psStartLoad(clients, topics, 20*time.Millisecond)
+	stopped := false
+	defer func() {
+		if !stopped {
+			load.stop()
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(load.snapshot()) < 50 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d pushes answered in 10s", len(load.snapshot()))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	stall, err := net.Dial("tcp", c.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stall.Close()
+	if _, err := fmt.Fprintf(stall, "POST /api/rooms/stall/messages HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n", c.Addr()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // the server is reading its body
+
+	sigAt := time.Now()
+	if err := c.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	exitErr := c.WaitTimeout(30 * time.Second)
+	took := time.Since(sigAt)
+	pushes := load.stop()
+	stopped = true
+	t.Logf("chatd exited %s after SIGTERM (err %v), %d pushes", took.Round(time.Millisecond), exitErr, len(pushes))
+	if exitErr != nil {
+		t.Fatalf("chatd exit after SIGTERM: %v, want status 0", exitErr)
+	}
+	if took > 10*time.Second {
+		t.Errorf("chatd took %s to exit with a stalled request open, want within 10s", took.Round(time.Millisecond))
+	}
+	acked := psAcked(t, pushes)
+	t.Logf("%d pushes acknowledged", len(acked))
+	psCheckStored(t, pg.URL(), acked)
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -102,6 +103,9 @@ type Server struct {
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
 
+	// bodyTimeout bounds the reading of a request's body (see withBodyTimeout).
+	bodyTimeout time.Duration
+
 	draining atomic.Bool
 	shutOnce sync.Once
 	// conns counts the goroutines serving upgraded connections.
@@ -138,6 +142,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		metrics: opts.Metrics,
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
+
+		bodyTimeout: 30 * time.Second,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -187,9 +193,46 @@ func (s *Server) routes() {
 	s.webRoutes()
 }
 
-// Handler returns the server's routes with request ids and access logs.
+// Handler returns the server's routes with request ids, access logs and a
+// deadline on reading request bodies.
 func (s *Server) Handler() http.Handler {
-	return s.withRequestID(s.mux)
+	return s.withRequestID(s.withBodyTimeout(s.mux))
+}
+
+// withBodyTimeout gives a request with a body bodyTimeout to send it: a
+// client that announces a body and never sends it would otherwise hold
+// its connection (and its handler) forever. The deadline is lifted once
+// the body has been read, so a long handler (a pprof profile) is not cut
+// short; http.Server's ReadTimeout would also apply to requests without a
+// body. WebSocket upgrades have no body, and Upgrade clears deadlines.
+func (s *Server) withBodyTimeout(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(s.bodyTimeout)); err == nil {
+			r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the connection's read deadline once the body is read.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // Serve accepts connections on ln until Shutdown. It returns nil after a
@@ -203,9 +246,10 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown turns readiness to 503, waits DrainDelay, stops accepting
-// connections, closes open sockets with status 1001 and waits for them, all
-// within ctx. It returns ctx.Err() when time ran out. Calling it again
-// returns the first result.
+// connections, waits for requests in flight for at most half of the time
+// left in ctx (then closes their connections), closes open sockets with
+// status 1001 and waits for them, all within ctx. It returns ctx.Err()
+// when time ran out. Calling it again returns the first result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.draining.Store(true)
@@ -218,9 +262,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		var errs []error
-		if err := s.httpSrv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+		// Requests in flight get half of what is left, then they are cut
+		// off: one client stalling its request must not take the time of
+		// the sockets' close and of what runs after Shutdown.
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			hctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
 		}
+		if err := s.httpSrv.Shutdown(hctx); err != nil {
+			s.log.Warn("requests still open at their share of the shutdown time: closing them", "err", err)
+			if err := s.httpSrv.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("server: http close: %w", err))
+			}
+		}
+		cancel()
 		if err := s.hub.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("server: closing connections: %w", err))
 		}
