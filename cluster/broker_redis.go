@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,8 +72,17 @@ type RedisBrokerConfig struct {
 	FenceTTL time.Duration
 	// PingInterval is how often the pub/sub connection is pinged. A
 	// connection that delivers nothing, not even a pong, for three intervals
-	// is taken for dead and replaced. Zero: 5 s.
+	// is probed: when a new TCP connection to Redis's address cannot be
+	// opened within OpTimeout, Redis is cut off and the connection is
+	// replaced (OnReconnect follows); when it can, Redis is only busy (a
+	// long script, DEBUG SLEEP, a stopped process): nothing is lost on a
+	// live connection, so it is kept. Zero: 5 s.
 	PingInterval time.Duration
+	// StallTimeout is how long a pub/sub connection may stay silent while
+	// Redis's address still accepts connections before it is replaced
+	// anyway, in case the connection itself broke without an error (a
+	// middlebox that lost its state). Zero: 1 min.
+	StallTimeout time.Duration
 	// OpTimeout bounds each SUBSCRIBE, UNSUBSCRIBE and PING written to the
 	// pub/sub connection, a new connection's dial included. Zero: 5 s.
 	OpTimeout time.Duration
@@ -113,6 +123,9 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	if c.OpTimeout == 0 {
 		c.OpTimeout = 5 * time.Second
 	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = time.Minute
+	}
 	if c.MinBackoff == 0 {
 		c.MinBackoff = 50 * time.Millisecond
 	}
@@ -124,7 +137,7 @@ func (c *RedisBrokerConfig) setDefaults() error {
 		return errors.New("cluster: redis broker: a Client or URL is required")
 	case c.LastIDTTL < time.Millisecond, c.FenceTTL < time.Millisecond:
 		return errors.New("cluster: redis broker: LastIDTTL and FenceTTL must be at least 1ms")
-	case c.PingInterval < 0, c.OpTimeout < 0, c.MinBackoff < 0, c.MaxBackoff < 0:
+	case c.PingInterval < 0, c.OpTimeout < 0, c.StallTimeout < 0, c.MinBackoff < 0, c.MaxBackoff < 0:
 		return errors.New("cluster: redis broker: durations must not be negative")
 	case c.MinBackoff > c.MaxBackoff:
 		return errors.New("cluster: redis broker: MinBackoff is greater than MaxBackoff")
@@ -784,22 +797,50 @@ func chunks(s []string) func(yield func([]string) bool) {
 
 // receiveLoop reads the pub/sub connection and hands each publication of a
 // subscribed room to the handler, in the order Redis sent them. A read
-// fails after three PingIntervals of silence, and go-redis then replaces
-// the connection (SUBSCRIBE-ing every recorded channel on the new one); on
-// any failure the loop pauses with backoff before reading again.
+// that times out keeps the connection (a silent Redis may only be busy);
+// after three PingIntervals of silence the loop tells a stall from a
+// cut-off (see silent). An error of the connection itself (Redis closed
+// it, restarted, the network reset it) is a failure: go-redis replaces
+// the connection on the next read (SUBSCRIBE-ing every recorded channel on
+// the new one), the loop pauses with backoff between attempts, and
+// OnReconnect is called once the new connection delivers.
 func (b *RedisBroker) receiveLoop() {
 	defer b.wg.Done()
-	readTimeout := 3 * b.cfg.PingInterval
 	failures := 0
+	heard := time.Now() // when the connection last delivered, or was replaced
+	stalled := false
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), readTimeout)
-		msg, err := b.ps.Receive(ctx)
-		cancel()
+		msg, err := b.ps.ReceiveTimeout(context.Background(), b.cfg.PingInterval)
+		if err != nil && isTimeout(err) && !b.isClosed.Load() {
+			quiet := time.Since(heard)
+			if quiet < 3*b.cfg.PingInterval {
+				continue
+			}
+			var cut error
+			if cut = b.silent(quiet); cut == nil {
+				if !stalled {
+					stalled = true
+					b.log.Warn("redis broker: Redis accepts connections but has not answered; keeping the pub/sub connection", "silent_for", quiet.Round(time.Millisecond).String())
+				}
+				continue
+			}
+			// A read under an expired deadline fails as a timeout, which
+			// Receive (unlike ReceiveTimeout) takes for a broken
+			// connection: go-redis closes it, and the next read dials a
+			// new one. A publication already buffered is delivered instead.
+			ctx, cancel := context.WithDeadline(context.Background(), time.Now())
+			msg, err = b.ps.Receive(ctx)
+			cancel()
+			if err != nil {
+				err = cut
+			}
+		}
 		if err != nil {
 			if b.isClosed.Load() {
 				return
 			}
 			failures++
+			stalled = false
 			if failures == 1 {
 				b.relayDown.Store(true)
 				b.log.Warn("redis broker: pub/sub connection failed; reconnecting", "err", err)
@@ -810,7 +851,13 @@ func (b *RedisBroker) receiveLoop() {
 			if !b.pause(failures) {
 				return
 			}
+			heard = time.Now()
 			continue
+		}
+		heard = time.Now()
+		if stalled {
+			stalled = false
+			b.log.Info("redis broker: Redis answers again; the pub/sub connection was kept, nothing to resync")
 		}
 		if failures > 0 {
 			b.reconnects.Add(1)
@@ -835,6 +882,45 @@ func (b *RedisBroker) receiveLoop() {
 			// Confirmations are covered by the rounds' pongs.
 		}
 	}
+}
+
+// silent decides what a pub/sub connection silent for quiet means: nil
+// for a stall (keep the connection), an error for a cut-off (replace it).
+//
+// Redis answers nothing while it runs a long command (DEBUG SLEEP, a slow
+// script) or while its process is stopped, yet its kernel keeps the TCP
+// connection alive and buffers what we send: once Redis runs again it
+// answers every ping and delivers every publication, so replacing the
+// connection would only lose what was published meanwhile and make every
+// client resync. A cut-off (Redis's host gone, the network partitioned)
+// shows as an address that no longer accepts a TCP connection; closing,
+// restarting or killing the connection shows as a read error, not as
+// silence. The probe is a bare TCP connect (no TLS, no command), which the
+// kernel completes without Redis's event loop. Silence longer than
+// StallTimeout is taken for a cut-off even so.
+func (b *RedisBroker) silent(quiet time.Duration) error {
+	if quiet >= b.cfg.StallTimeout {
+		return fmt.Errorf("cluster: redis broker: pub/sub connection silent for %s (StallTimeout)", quiet.Round(time.Millisecond))
+	}
+	opt := b.client.Options()
+	d := net.Dialer{Timeout: b.cfg.OpTimeout}
+	nc, err := d.DialContext(context.Background(), opt.Network, opt.Addr)
+	if err != nil {
+		return fmt.Errorf("cluster: redis broker: pub/sub connection silent for %s and Redis unreachable: %w", quiet.Round(time.Millisecond), err)
+	}
+	nc.Close()
+	return nil
+}
+
+// isTimeout reports whether err is a read that timed out (not a dial: a
+// new connection that cannot be opened is a failure).
+func isTimeout(err error) bool {
+	var oe *net.OpError
+	if errors.As(err, &oe) && oe.Op == "dial" {
+		return false
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // pause sleeps before the next attempt after failures consecutive ones:

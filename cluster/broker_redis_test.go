@@ -291,12 +291,15 @@ func TestRedisBrokerSurvivesRedisRestart(t *testing.T) {
 	}
 }
 
-// A Redis that stops answering without closing connections (a partition, a
-// frozen server): the silent pub/sub connection is detected and replaced,
-// and relay resumes when Redis answers again.
-func TestRedisBrokerSurvivesSilentRedis(t *testing.T) {
+// A Redis whose process is stopped (SIGSTOP) without closing anything is
+// busy, not gone: its kernel keeps the connections and buffers what is
+// sent. Ping reports it, the pub/sub connection is kept (no reconnect, no
+// OnReconnect), and relay resumes when Redis runs again.
+func TestRedisBrokerKeepsFrozenRedis(t *testing.T) {
 	srv := testsvc.StartRedis(t)
-	cfg := cluster.RedisBrokerConfig{URL: srv.URL(), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second}
+	var resyncs atomic.Int64
+	cfg := cluster.RedisBrokerConfig{URL: srv.URL(), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second,
+		OnReconnect: func() { resyncs.Add(1) }}
 	rec0, rec1 := chattest.NewRecorder(), chattest.NewRecorder()
 	b0 := startBroker(t, cfg, rec0.Handle)
 	b1 := startBroker(t, cfg, rec1.Handle)
@@ -314,7 +317,6 @@ func TestRedisBrokerSurvivesSilentRedis(t *testing.T) {
 			srv.Thaw(t)
 		}
 	}()
-	// Three ping intervals of silence mark the relay down.
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
@@ -328,7 +330,8 @@ func TestRedisBrokerSurvivesSilentRedis(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	time.Sleep(time.Second)
+	// Ten ping intervals of silence: a cut-off before.
+	time.Sleep(2 * time.Second)
 	srv.Thaw(t)
 	t.Logf("thawed")
 	thawed = true
@@ -347,8 +350,100 @@ func TestRedisBrokerSurvivesSilentRedis(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	waitPing(t, b0)
-	if st := b0.Stats(); st.Reconnects == 0 {
-		t.Errorf("no reconnect counted: %+v", st)
+	for i, b := range []*cluster.RedisBroker{b0, b1} {
+		if st := b.Stats(); st.Reconnects != 0 {
+			t.Errorf("node %d: a frozen Redis was counted as a failure: %+v", i, st)
+		}
+	}
+	if n := resyncs.Load(); n != 0 {
+		t.Errorf("OnReconnect called %d times for a frozen Redis", n)
+	}
+}
+
+// TestRedisBrokerStallIsNotACutOff: with the default PingInterval (5 s),
+// Redis stalls 20 s (DEBUG SLEEP 20: more than three intervals, with no
+// disconnect). Nothing is lost on the live connection: no reconnect is
+// counted, OnReconnect is not called, and publications made during and
+// after the stall arrive at both nodes. Then the pub/sub connections are
+// killed (CLIENT KILL TYPE pubsub), a real cut-off: both nodes reconnect
+// and call OnReconnect, and relay works again.
+func TestRedisBrokerStallIsNotACutOff(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	var resyncs [2]atomic.Int64
+	recs := []*chattest.Recorder{chattest.NewRecorder(), chattest.NewRecorder()}
+	var bs []*cluster.RedisBroker
+	for i := range 2 {
+		bs = append(bs, startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(),
+			OnReconnect: func() { resyncs[i].Add(1) }}, recs[i].Handle))
+	}
+	ctx := context.Background()
+	for _, b := range bs {
+		if err := b.Subscribe(ctx, "lobby"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish := func(b *cluster.RedisBroker, data string, d time.Duration) {
+		t.Helper()
+		pctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		if err := b.Publish(pctx, "lobby", "", []byte(data)); err != nil {
+			t.Errorf("publish %q: %v", data, err)
+		}
+	}
+	publish(bs[0], "before", 5*time.Second)
+
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: time.Minute, MaxRetries: -1})
+	t.Cleanup(func() { admin.Close() })
+	slept := make(chan error, 1)
+	start := time.Now()
+	go func() { slept <- admin.Do(ctx, "DEBUG", "SLEEP", "20").Err() }()
+	time.Sleep(time.Second) // the sleep has begun
+	// Published during the stall (by a client that waits for the reply
+	// beyond the broker's read timeout), on the channel of the room:
+	// Redis runs it once it wakes.
+	during := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: time.Minute, MaxRetries: -1})
+	t.Cleanup(func() { during.Close() })
+	if err := during.Publish(ctx, "chatd:room:lobby", "during").Err(); err != nil {
+		t.Fatalf("PUBLISH during the stall: %v", err)
+	}
+	if err := <-slept; err != nil {
+		t.Fatalf("DEBUG SLEEP: %v", err)
+	}
+	t.Logf("Redis stalled %s", time.Since(start).Round(time.Millisecond))
+	publish(bs[0], "after", 5*time.Second)
+	for i, rec := range recs {
+		for _, data := range []string{"before", "during", "after"} {
+			rec.WaitData(t, "lobby", []byte(data))
+		}
+		if st := bs[i].Stats(); st.Reconnects != 0 {
+			t.Errorf("node %d: the stall was counted as a failure: %+v", i, st)
+		}
+		if n := resyncs[i].Load(); n != 0 {
+			t.Errorf("node %d: OnReconnect called %d times for a stall", i, n)
+		}
+	}
+
+	n, err := admin.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Int()
+	if err != nil || n != 2 {
+		t.Fatalf("CLIENT KILL TYPE pubsub: %d killed, %v; want 2", n, err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for i := range bs {
+		for resyncs[i].Load() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: OnReconnect not called within 15s of its pub/sub connection being killed: %+v", i, bs[i].Stats())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if st := bs[i].Stats(); st.Reconnects != 1 {
+			t.Errorf("node %d after the kill: %+v, want 1 reconnect", i, st)
+		}
+	}
+	waitPing(t, bs[0])
+	waitPing(t, bs[1])
+	publish(bs[1], "after the kill", 5*time.Second)
+	for _, rec := range recs {
+		rec.WaitData(t, "lobby", []byte("after the kill"))
 	}
 }
 

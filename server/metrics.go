@@ -223,7 +223,26 @@ var (
 		"Cluster-wide connection slots held by this node.", nil, nil)
 	descMembers = prometheus.NewDesc("chatd_cluster_members",
 		"Cluster nodes this node knows, by memberlist state: alive, dead, left.", []string{"state"}, nil)
+
+	descDependencyUp = prometheus.NewDesc("chatd_dependency_up",
+		"1 when a shared dependency (database, redis) answered its check at this scrape, else 0. It does not decide readiness.", []string{"dependency"}, nil)
 )
+
+// depCollector checks the server's dependencies at scrape time (at once,
+// each bounded by ReadyTimeout) as chatd_dependency_up.
+type depCollector struct{ s *Server }
+
+func (c depCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descDependencyUp }
+
+func (c depCollector) Collect(ch chan<- prometheus.Metric) {
+	for i, err := range c.s.runChecks(context.Background()) {
+		up := 1.0
+		if err != nil {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descDependencyUp, prometheus.GaugeValue, up, c.s.checks[i].Name)
+	}
+}
 
 func (c statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	prometheus.DescribeByCollect(c, ch)

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -37,7 +38,7 @@ type Config struct {
 	AllowedOrigins []string
 	// DevTokenTTL is the lifetime of dev-mode tokens. Zero: 24 h.
 	DevTokenTTL time.Duration
-	// ReadyTimeout bounds each readiness check. Zero: 2 s.
+	// ReadyTimeout bounds each dependency check. Zero: 2 s.
 	ReadyTimeout time.Duration
 	// AdminToken opens the ops endpoints (/api/stats) to bearers of it.
 	// Empty: they answer only direct loopback clients.
@@ -52,7 +53,8 @@ type Config struct {
 	TrustedProxies []string
 }
 
-// Check is one readiness dependency (database, Redis).
+// Check is one shared dependency (database, Redis), checked by
+// /health/ready and /metrics.
 type Check struct {
 	Name  string
 	Check func(ctx context.Context) error
@@ -64,7 +66,9 @@ type Options struct {
 	Hub *chat.Hub
 	// Limiter caps connections per user. Nil: no limit.
 	Limiter chat.ConnLimiter
-	// Checks must all pass for /health/ready to answer 200.
+	// Checks are the shared dependencies (database, Redis): /health/ready
+	// reports them in its body and /metrics as chatd_dependency_up; they
+	// do not decide readiness.
 	Checks []Check
 	// Messages serves the history API. Nil: the API answers 404.
 	Messages MessagePager
@@ -98,6 +102,9 @@ type Server struct {
 	// connections, cancelled only once they have been closed.
 	baseCtx    context.Context
 	cancelBase context.CancelFunc
+
+	// bodyTimeout bounds the reading of a request's body (see withBodyTimeout).
+	bodyTimeout time.Duration
 
 	draining atomic.Bool
 	shutOnce sync.Once
@@ -135,6 +142,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		metrics: opts.Metrics,
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
+
+		bodyTimeout: 30 * time.Second,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -146,6 +155,10 @@ func New(cfg Config, opts Options) (*Server, error) {
 		s.metrics = NewMetrics(opts.Hub.Config().NodeName)
 	}
 	s.metrics.setHub(opts.Hub)
+	if len(s.checks) > 0 {
+		// One server per registry; a second one's checks are not added.
+		_ = s.metrics.reg.Register(depCollector{s})
+	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
 	proxies, err := ParseTrustedProxies(cfg.TrustedProxies)
 	if err != nil {
@@ -180,9 +193,46 @@ func (s *Server) routes() {
 	s.webRoutes()
 }
 
-// Handler returns the server's routes with request ids and access logs.
+// Handler returns the server's routes with request ids, access logs and a
+// deadline on reading request bodies.
 func (s *Server) Handler() http.Handler {
-	return s.withRequestID(s.mux)
+	return s.withRequestID(s.withBodyTimeout(s.mux))
+}
+
+// withBodyTimeout gives a request with a body bodyTimeout to send it: a
+// client that announces a body and never sends it would otherwise hold
+// its connection (and its handler) forever. The deadline is lifted once
+// the body has been read, so a long handler (a pprof profile) is not cut
+// short; http.Server's ReadTimeout would also apply to requests without a
+// body. WebSocket upgrades have no body, and Upgrade clears deadlines.
+func (s *Server) withBodyTimeout(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(s.bodyTimeout)); err == nil {
+			r.Body = &deadlineBody{ReadCloser: r.Body, rc: rc}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// deadlineBody lifts the connection's read deadline once the body is read.
+type deadlineBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	done bool
+}
+
+func (b *deadlineBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && !b.done {
+		b.done = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	return n, err
 }
 
 // Serve accepts connections on ln until Shutdown. It returns nil after a
@@ -196,9 +246,10 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // Shutdown turns readiness to 503, waits DrainDelay, stops accepting
-// connections, closes open sockets with status 1001 and waits for them, all
-// within ctx. It returns ctx.Err() when time ran out. Calling it again
-// returns the first result.
+// connections, waits for requests in flight for at most half of the time
+// left in ctx (then closes their connections), closes open sockets with
+// status 1001 and waits for them, all within ctx. It returns ctx.Err()
+// when time ran out. Calling it again returns the first result.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutOnce.Do(func() {
 		s.draining.Store(true)
@@ -211,9 +262,20 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			}
 		}
 		var errs []error
-		if err := s.httpSrv.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("server: http shutdown: %w", err))
+		// Requests in flight get half of what is left, then they are cut
+		// off: one client stalling its request must not take the time of
+		// the sockets' close and of what runs after Shutdown.
+		hctx, cancel := ctx, context.CancelFunc(func() {})
+		if dl, ok := ctx.Deadline(); ok {
+			hctx, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
 		}
+		if err := s.httpSrv.Shutdown(hctx); err != nil {
+			s.log.Warn("requests still open at their share of the shutdown time: closing them", "err", err)
+			if err := s.httpSrv.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("server: http close: %w", err))
+			}
+		}
+		cancel()
 		if err := s.hub.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("server: closing connections: %w", err))
 		}
@@ -260,36 +322,53 @@ func (s *Server) handleLive(w http.ResponseWriter, _ *http.Request) {
 }
 
 type readyBody struct {
-	Status string            `json:"status"`
-	Reason string            `json:"reason,omitempty"`
+	Status string `json:"status"`
+	Reason string `json:"reason,omitempty"`
+	// Checks gives each shared dependency's state: "ok" or why it failed.
 	Checks map[string]string `json:"checks,omitempty"`
+	// Degraded names the dependencies that failed their check.
+	Degraded []string `json:"degraded,omitempty"`
 }
 
+// handleReady answers for this pod: 200 once it serves and until it
+// drains, 503 while draining. The shared dependencies (database, Redis)
+// are checked and reported in the body (and in chatd_dependency_up), not
+// used for the status: they are shared by every pod, so failing readiness
+// on their outage would take every pod out of the Service at once, while
+// chat goes on without the database by design and a Redis outage is
+// answered per push ("unavailable") and healed by the relay itself.
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	if s.draining.Load() || s.hub.Draining() {
 		writeJSON(w, http.StatusServiceUnavailable, readyBody{Status: "unavailable", Reason: "draining"})
 		return
 	}
 	body := readyBody{Status: "ok", Checks: make(map[string]string, len(s.checks))}
-	var failed []string
-	for _, c := range s.checks {
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ReadyTimeout)
-		err := c.Check(ctx)
-		cancel()
+	for i, err := range s.runChecks(r.Context()) {
+		name := s.checks[i].Name
 		if err != nil {
-			body.Checks[c.Name] = err.Error()
-			failed = append(failed, c.Name+" unavailable")
+			body.Checks[name] = err.Error()
+			body.Degraded = append(body.Degraded, name)
 		} else {
-			body.Checks[c.Name] = "ok"
+			body.Checks[name] = "ok"
 		}
 	}
-	if len(failed) > 0 {
-		body.Status = "unavailable"
-		body.Reason = strings.Join(failed, ", ")
-		writeJSON(w, http.StatusServiceUnavailable, body)
-		return
-	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// runChecks runs every dependency check at once, each bounded by
+// ReadyTimeout, and returns their results in the order of s.checks.
+func (s *Server) runChecks(ctx context.Context) []error {
+	errs := make([]error, len(s.checks))
+	var wg sync.WaitGroup
+	for i, c := range s.checks {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, s.cfg.ReadyTimeout)
+			defer cancel()
+			errs[i] = c.Check(cctx)
+		})
+	}
+	wg.Wait()
+	return errs
 }
 
 type devTokenRequest struct {

@@ -21,6 +21,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -88,6 +89,11 @@ var ErrClosed = errors.New("ws: connection closed")
 // close frame, and the write of a close frame.
 const closeTimeout = 5 * time.Second
 
+// closeWriteGrace is how long Close lets a write in progress finish: a
+// write still blocked after it is on a peer that does not read, which will
+// not read the close frame either.
+const closeWriteGrace = time.Second
+
 // maxHeader is the longest frame header: 2 bytes, 8 of length, 4 of mask.
 const maxHeader = 14
 
@@ -104,10 +110,14 @@ type Conn struct {
 	hs, he    int // hb[hs:he] holds bytes read and not yet used
 	readLimit int64
 
-	// wmu serialises writes; closeSent and wdeadline are guarded by it.
+	// wmu serialises writes; closeSent, wdeadline and werr are guarded by it.
 	wmu       sync.Mutex
 	closeSent bool
 	wdeadline time.Time // the write deadline in force
+	werr      error     // a failed write: the frame stream is broken
+	// closeBy is set by Close (unix nanoseconds): no data write lasts
+	// beyond it, the one in progress included.
+	closeBy atomic.Int64
 }
 
 func newConn(nc net.Conn, pre []byte, client bool, readBuffer int, bufs *BufferPool) *Conn {
@@ -449,20 +459,25 @@ func (c *Conn) WriteText(deadline time.Time, msgs ...[]byte) error {
 		if c.closeSent {
 			return ErrClosed
 		}
-		if err := c.setWriteDeadline(deadline); err != nil {
+		if c.werr != nil {
+			return c.werr
+		}
+		if err := c.setDataDeadline(deadline); err != nil {
 			return err
 		}
 		for _, m := range msgs {
 			buf = c.appendFrame(buf, OpText, m)
 			if len(buf) >= maxBatch {
-				if _, err := c.nc.Write(buf); err != nil {
+				if n, err := c.nc.Write(buf); err != nil {
+					c.broke(n, err)
 					return err
 				}
 				buf = buf[:0]
 			}
 		}
 		if len(buf) > 0 {
-			if _, err := c.nc.Write(buf); err != nil {
+			if n, err := c.nc.Write(buf); err != nil {
+				c.broke(n, err)
 				return err
 			}
 		}
@@ -494,6 +509,32 @@ func (c *Conn) setWriteDeadline(d time.Time) error {
 	return nil
 }
 
+// broke records a write that failed after n bytes: part of a frame went
+// out, so nothing more may be written (a close frame included). wmu is
+// held.
+func (c *Conn) broke(n int, err error) {
+	if n > 0 {
+		c.werr = err
+	}
+}
+
+// setDataDeadline sets the deadline of a data write: d, or closeBy when
+// Close has set an earlier one. It checks closeBy again after setting d:
+// either it sees the closeBy Close stored, or Close's own cut of the
+// deadline comes after this one. wmu is held.
+func (c *Conn) setDataDeadline(d time.Time) error {
+	if cb := c.closeBy.Load(); cb != 0 && d.UnixNano() > cb {
+		d = time.Unix(0, cb)
+	}
+	if err := c.setWriteDeadline(d); err != nil {
+		return err
+	}
+	if cb := c.closeBy.Load(); cb != 0 && c.wdeadline.UnixNano() > cb {
+		return c.setWriteDeadline(time.Unix(0, cb))
+	}
+	return nil
+}
+
 // appendFrame appends one final frame of op carrying payload.
 func (c *Conn) appendFrame(b []byte, op Opcode, payload []byte) []byte {
 	if !c.client {
@@ -513,11 +554,19 @@ func (c *Conn) appendFrame(b []byte, op Opcode, payload []byte) []byte {
 func (c *Conn) writeControl(op Opcode, payload []byte, deadline time.Time) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	return c.writeControlLocked(op, payload, deadline)
+}
+
+// writeControlLocked is writeControl with wmu held.
+func (c *Conn) writeControlLocked(op Opcode, payload []byte, deadline time.Time) error {
 	if c.closeSent {
 		return ErrClosed
 	}
 	if op == OpClose {
 		c.closeSent = true
+	}
+	if c.werr != nil {
+		return c.werr
 	}
 	var arr [maxHeader + 125]byte
 	b := c.appendFrame(arr[:0], op, payload)
@@ -528,7 +577,11 @@ func (c *Conn) writeControl(op Opcode, payload []byte, deadline time.Time) error
 	return err
 }
 
-// writeClose sends a close frame once; later calls do nothing.
+// writeClose sends a close frame once; later calls do nothing. A write in
+// progress gets closeWriteGrace to finish, then it is cut off (its
+// deadline moved to then) and the connection is broken: a write blocked
+// that long is on a peer that does not read, and must not hold the close
+// for the whole write timeout.
 func (c *Conn) writeClose(code StatusCode, reason string) error {
 	if len(reason) > 123 {
 		reason = reason[:123]
@@ -539,7 +592,15 @@ func (c *Conn) writeClose(code StatusCode, reason string) error {
 	var p [125]byte
 	binary.BigEndian.PutUint16(p[:], uint16(code))
 	n := 2 + copy(p[2:], reason)
-	return c.writeControl(OpClose, p[:n], time.Now().Add(closeTimeout))
+	cb := time.Now().Add(closeWriteGrace)
+	c.closeBy.CompareAndSwap(0, cb.UnixNano())
+	if !c.wmu.TryLock() {
+		_ = c.nc.SetWriteDeadline(time.Unix(0, c.closeBy.Load()))
+		c.wmu.Lock()
+		c.wdeadline = time.Time{} // changed behind the cache's back
+	}
+	defer c.wmu.Unlock()
+	return c.writeControlLocked(OpClose, p[:n], time.Now().Add(closeTimeout))
 }
 
 // Close starts the closing handshake: it sends a close frame with code and

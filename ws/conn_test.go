@@ -1187,3 +1187,48 @@ func BenchmarkWriteText(b *testing.B) {
 		})
 	}
 }
+
+// TestCloseCutsBlockedWrite: a write blocked on a peer that reads nothing
+// (under a 30 s deadline) does not hold a Close for its deadline: Close
+// returns within a few seconds, the blocked write fails, and the
+// connection is dropped (the peer sees its end).
+func TestCloseCutsBlockedWrite(t *testing.T) {
+	writeErr := make(chan error, 1)
+	closed := make(chan time.Duration, 1)
+	blocked := make(chan *Conn, 1)
+	ts := newTestServer(t, func(c *Conn, r *http.Request) {
+		blocked <- c
+		big := bytes.Repeat([]byte("x"), 1<<20)
+		for {
+			if err := c.WriteText(time.Now().Add(30*time.Second), big); err != nil {
+				writeErr <- err
+				return
+			}
+		}
+	})
+	rc := rawUpgrade(t, ts, nil) // never reads until the end
+	c := recv(t, blocked)
+	time.Sleep(500 * time.Millisecond) // the socket buffers fill; the write blocks
+	start := time.Now()
+	go func() {
+		c.Close(StatusGoingAway, "server shutting down")
+		closed <- time.Since(start)
+	}()
+	select {
+	case d := <-closed:
+		t.Logf("Close returned after %s", d.Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still blocked 10s after it began, behind a write with a 30s deadline")
+	}
+	select {
+	case err := <-writeErr:
+		t.Logf("blocked write: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the blocked write did not end within 10s of Close")
+	}
+	// The connection is dropped: draining what was buffered reaches its end.
+	_ = rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, rc.br); err != nil {
+		t.Fatalf("reading to the end of the dropped connection: %v", err)
+	}
+}

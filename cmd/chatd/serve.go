@@ -399,7 +399,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("shutting down", "timeout", c.shutdownWait.String())
 	sctx, cancel := context.WithTimeout(context.Background(), c.shutdownWait)
 	defer cancel()
-	err = srv.Shutdown(sctx)
+	// The HTTP side (drain delay, requests, sockets) may take the drain
+	// delay and half of the rest; the other half is kept for the closers
+	// (leaving the cluster, draining the persistence queue), whatever
+	// clients do.
+	srvWait := c.drainDelay + max(c.shutdownWait-c.drainDelay, 0)/2
+	srvCtx, srvCancel := context.WithTimeout(sctx, srvWait)
+	err = srv.Shutdown(srvCtx)
+	srvCancel()
 	<-serveErr
 	err = errors.Join(err, closeAll(sctx))
 	if err != nil {

@@ -178,7 +178,9 @@ func (r *Redis) start() error {
 		"--bind", "127.0.0.1",
 		"--save", "",
 		"--appendonly", "no",
-		"--enable-debug-command", "yes",
+		// DEBUG SLEEP stalls the server without closing anything, for
+		// tests of a busy Redis; loopback clients only.
+		"--enable-debug-command", "local",
 		"--dir", r.dir,
 		"--daemonize", "no",
 		"--logfile", "",
