@@ -407,7 +407,6 @@ func EncodeError(f Frame, e *Error) []byte {
 	return AppendFrame(nil, f.JoinRef, f.Ref, f.Topic, EventReply, b)
 }
 
-
 // ValidRoomName reports whether name is 1-64 characters of [A-Za-z0-9_.-].
 func ValidRoomName(name string) bool {
 	if len(name) < 1 || len(name) > 64 {
