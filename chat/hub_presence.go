@@ -29,85 +29,128 @@ type presenceMetas struct {
 // presenceBatcher collects the presence changes of each room for Interval
 // and publishes them as one presence_diff, so that a mass reconnect costs
 // each member one diff per interval, not one per connection.
+//
+// A room's diffs are published in order: at most one publish of a room is
+// in flight, and changes that come while it is (Redis slow, or one pool
+// connection held up) wait and merge into the next diff, which follows once
+// the publish returns and at least Interval after the one before began.
+// Diffs of one room sent on two connections at once could otherwise reach
+// Redis in either order, and a leave overtaking its join would leave every
+// other node's members showing a user who has gone. What waits is bounded
+// by the room's presences on this node, not by time: a diff is a set of
+// phx_refs, and a join and its leave that wait together cancel out.
 type presenceBatcher struct {
 	h        *Hub
 	interval time.Duration
 
-	mu      sync.Mutex
-	pending map[string]*pendingDiff // room -> changes not yet published
-	closed  bool
-	wg      sync.WaitGroup // flushes in flight
+	mu     sync.Mutex
+	rooms  map[string]*roomDiffs // rooms with changes pending or a publish in flight
+	closed bool
+	wg     sync.WaitGroup // scheduled and running flushes
 }
 
-type pendingDiff struct {
-	joins  map[string]PresenceEntry // phx_ref -> entry
+// roomDiffs is the batching state of one room.
+type roomDiffs struct {
+	joins  map[string]PresenceEntry // phx_ref -> entry, not yet published
 	leaves map[string]PresenceEntry
-	timer  *time.Timer
+	timer  *time.Timer // a flush scheduled; nil while none is
+	busy   bool        // a publish in flight
+	began  time.Time   // when the last publish began
 }
 
 func newPresenceBatcher(h *Hub, interval time.Duration) *presenceBatcher {
-	return &presenceBatcher{h: h, interval: interval, pending: make(map[string]*pendingDiff)}
+	return &presenceBatcher{h: h, interval: interval, rooms: make(map[string]*roomDiffs)}
 }
 
 // add records joins and leaves of room for the next diff. A join and a
-// leave of the same phx_ref in one interval cancel out.
+// leave of the same phx_ref in one diff cancel out.
 func (b *presenceBatcher) add(room string, joins, leaves []PresenceEntry) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return
 	}
-	p := b.pending[room]
-	if p == nil {
-		p = &pendingDiff{joins: map[string]PresenceEntry{}, leaves: map[string]PresenceEntry{}}
-		b.pending[room] = p
-		b.wg.Add(1)
-		p.timer = time.AfterFunc(b.interval, func() {
-			defer b.wg.Done()
-			b.flush(room)
-		})
+	r := b.rooms[room]
+	if r == nil {
+		r = &roomDiffs{joins: map[string]PresenceEntry{}, leaves: map[string]PresenceEntry{}}
+		b.rooms[room] = r
 	}
 	for _, e := range joins {
-		p.joins[e.Meta.PhxRef] = e
+		r.joins[e.Meta.PhxRef] = e
 	}
 	for _, e := range leaves {
-		if _, ok := p.joins[e.Meta.PhxRef]; ok {
-			delete(p.joins, e.Meta.PhxRef)
+		if _, ok := r.joins[e.Meta.PhxRef]; ok {
+			delete(r.joins, e.Meta.PhxRef)
 			continue
 		}
-		p.leaves[e.Meta.PhxRef] = e
+		r.leaves[e.Meta.PhxRef] = e
+	}
+	if r.timer == nil && !r.busy {
+		b.scheduleLocked(room, r, b.interval)
 	}
 }
 
-// flush publishes room's pending diff.
+// scheduleLocked arranges for room's pending changes to be flushed after d.
+func (b *presenceBatcher) scheduleLocked(room string, r *roomDiffs, d time.Duration) {
+	b.wg.Add(1)
+	r.timer = time.AfterFunc(d, func() {
+		defer b.wg.Done()
+		b.flush(room)
+	})
+}
+
+// flush publishes room's pending changes, then any that came meanwhile:
+// at once if the batcher is closing, else by a new timer.
 func (b *presenceBatcher) flush(room string) {
 	b.mu.Lock()
-	p := b.pending[room]
-	delete(b.pending, room)
-	b.mu.Unlock()
-	if p == nil || len(p.joins)+len(p.leaves) == 0 {
+	r := b.rooms[room]
+	if r == nil || r.busy {
+		b.mu.Unlock()
 		return
 	}
+	r.timer = nil
+	for len(r.joins)+len(r.leaves) > 0 {
+		joins, leaves := r.joins, r.leaves
+		r.joins, r.leaves = map[string]PresenceEntry{}, map[string]PresenceEntry{}
+		r.busy, r.began = true, time.Now()
+		b.mu.Unlock()
+		b.publish(room, joins, leaves)
+		b.mu.Lock()
+		r.busy = false
+		if !b.closed && len(r.joins)+len(r.leaves) > 0 {
+			b.scheduleLocked(room, r, max(0, b.interval-time.Since(r.began)))
+			b.mu.Unlock()
+			return
+		}
+	}
+	delete(b.rooms, room)
+	b.mu.Unlock()
+}
+
+// publish relays one diff of room to every node.
+func (b *presenceBatcher) publish(room string, joins, leaves map[string]PresenceEntry) {
 	payload := []byte(`{"joins":`)
-	payload = appendPresence(payload, slices.Collect(maps.Values(p.joins)))
+	payload = appendPresence(payload, slices.Collect(maps.Values(joins)))
 	payload = append(payload, `,"leaves":`...)
-	payload = appendPresence(payload, slices.Collect(maps.Values(p.leaves)))
+	payload = appendPresence(payload, slices.Collect(maps.Values(leaves)))
 	payload = append(payload, '}')
 	data := AppendFrame(nil, "", "", RoomPrefix+room, EventPresenceDiff, payload)
 	ctx, cancel := context.WithTimeout(context.Background(), b.h.cfg.RelayTimeout)
 	defer cancel()
 	if err := b.h.broker.Publish(ctx, room, "", data); err != nil {
-		b.h.log.Warn("presence diff not relayed", "room", room, "joins", len(p.joins), "leaves", len(p.leaves), "err", err)
+		b.h.log.Warn("presence diff not relayed", "room", room, "joins", len(joins), "leaves", len(leaves), "err", err)
 	}
 }
 
-// close publishes every pending diff at once and stops batching.
+// close publishes every pending diff at once (after the publish in flight,
+// for a room that has one) and stops batching; it returns when every
+// publish has returned.
 func (b *presenceBatcher) close() {
 	b.mu.Lock()
 	b.closed = true
 	var rooms []string
-	for room, p := range b.pending {
-		if p.timer.Stop() {
+	for room, r := range b.rooms {
+		if r.timer != nil && r.timer.Stop() {
 			b.wg.Done() // its AfterFunc will not run
 			rooms = append(rooms, room)
 		}

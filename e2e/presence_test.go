@@ -168,11 +168,15 @@ type prView struct {
 
 	states, diffs, diffBytes int
 	joined, left             prState
-	problems                 []string
+	// joinDiff and leaveDiff are the number (1, 2, ...) of the first diff
+	// that joined, and that left, each phx_ref.
+	joinDiff, leaveDiff map[string]int
+	problems            []string
 }
 
 func prWatch(cl *psClient, topic string) *prView {
-	return &prView{cl: cl, topic: topic, state: prState{}, joined: prState{}, left: prState{}}
+	return &prView{cl: cl, topic: topic, state: prState{}, joined: prState{}, left: prState{},
+		joinDiff: map[string]int{}, leaveDiff: map[string]int{}}
 }
 
 // psOthersCap is how many frames psClient sets aside (see noteOther).
@@ -248,15 +252,26 @@ func (v *prView) apply(raw string) {
 		v.diffBytes += len(raw)
 		for user, m := range d.Joins {
 			v.joined[user] = append(v.joined[user], m.Metas...)
+			prNoteDiff(v.joinDiff, m.Metas, v.diffs)
 		}
 		for user, m := range d.Leaves {
 			v.left[user] = append(v.left[user], m.Metas...)
+			prNoteDiff(v.leaveDiff, m.Metas, v.diffs)
 		}
 		if !v.synced {
 			v.pending = append(v.pending, d)
 			return
 		}
 		prSyncDiff(v.state, d)
+	}
+}
+
+// prNoteDiff records diff n in first for each meta's phx_ref not seen yet.
+func prNoteDiff(first map[string]int, metas []prMeta, n int) {
+	for _, m := range metas {
+		if _, ok := first[m.PhxRef]; !ok {
+			first[m.PhxRef] = n
+		}
 	}
 }
 
@@ -1005,4 +1020,62 @@ func TestPresencePhoenixJS(t *testing.T) {
 	}
 	check("after bob's disconnect, alice's side", s.Disconnect.ListA, onlyAlice)
 	t.Logf("phoenix Presence: onSync called %d times on alice's side, %d on bob's", s.Syncs.A, s.Syncs.B)
+}
+
+// TestPresenceDiffOrderSlowRelay checks that a room's presence_diff frames
+// reach other nodes in the order of the changes when a publish to Redis is
+// slow. node1 reaches Redis through a testsvc.DelayProxy that holds back,
+// for 1.5 s, the one publication carrying bob's join (as a lost packet's
+// retransmission holds up one pooled connection while the others go on);
+// node2 reaches Redis directly. alice watches the room on node2; bob joins
+// on node1 and leaves again 300 ms after his join reply, while his join's
+// diff is still held. alice must read bob's join before his leave, and end
+// up seeing only herself: a leave that overtakes its join leaves a user
+// who has gone listed on every other node.
+func TestPresenceDiffOrderSlowRelay(t *testing.T) {
+	const hold = 1500 * time.Millisecond
+	redis := testsvc.StartRedis(t)
+	proxy := testsvc.StartDelayProxy(t, redis.Addr(), func(chunk []byte) time.Duration {
+		if bytes.Contains(chunk, []byte(`"presence_diff",{"joins":{"bob"`)) {
+			return hold
+		}
+		return 0
+	})
+	node1 := clStartNode(t, redis, "node1", "", map[string]string{"CHAT_REDIS_URL": proxy.RedisURL()})
+	node2 := clStartNode(t, redis, "node2", clGossipAddr(t, node1), nil)
+	clWaitAllAlive(t, []*clNode{node1, node2}, 30*time.Second)
+
+	const topic = "room:order"
+	alice := psDial(t, node2.Chatd, "alice")
+	va := prWatch(alice, topic)
+	alice.join(t, topic, nil)
+	prWaitView(t, va, "alice alone", 5*time.Second, prWantShape(map[string][]string{"alice": {"node2"}}))
+
+	bob := psDial(t, node1.Chatd, "bob")
+	bob.join(t, topic, nil)
+	joined := time.Now()
+	time.Sleep(300 * time.Millisecond) // bob's join diff is on its way, held by the proxy
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if r, err := bob.call(ctx, topic, "phx_leave", struct{}{}); err != nil || r.Status != "ok" {
+		t.Fatalf("bob: phx_leave: %v %s", err, r.Raw)
+	}
+	t.Logf("bob joined on node1 and left %s later", time.Since(joined).Round(time.Millisecond))
+
+	d := prWaitView(t, va, "bob's join and leave", hold+10*time.Second, func(v *prView) bool {
+		return len(v.joined["bob"]) > 0 && len(v.left["bob"]) > 0
+	})
+	ref := va.joined["bob"][0].PhxRef
+	t.Logf("alice read bob's join (%s) in diff %d and his leave in diff %d, %s after the leave",
+		ref, va.joinDiff[ref], va.leaveDiff[ref], d.Round(time.Millisecond))
+	if va.joinDiff[ref] >= va.leaveDiff[ref] {
+		t.Errorf("alice read bob's leave (diff %d) before his join (diff %d)", va.leaveDiff[ref], va.joinDiff[ref])
+	}
+	// A second later nothing has changed the view: bob is gone.
+	time.Sleep(time.Second)
+	va.update()
+	if want := map[string][]string{"alice": {"node2"}}; !maps.EqualFunc(va.state.shape(), want, slices.Equal) {
+		t.Errorf("after bob left: %v, want alice alone", va)
+	}
+	prCheckView(t, va)
 }

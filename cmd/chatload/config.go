@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -26,8 +27,9 @@ type config struct {
 	body        int // body size in bytes (at least the timestamp)
 	secret      string
 	sources     []netip.Addr
-	concurrency int // connects in flight
-	serverPID   int
+	concurrency int    // connects in flight
+	serverPIDs  []int  // chatd processes on this machine: memory of the first, CPU of all
+	redisAddr   string // host:port of the nodes' Redis, to report its CPU per message
 	jsonOut     string
 	cpuProfile  string
 	allowRemote bool
@@ -43,20 +45,21 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("chatload", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c := &config{}
-	var urls, sources string
+	var urls, sources, pids string
 	fs.StringVar(&urls, "url", "ws://127.0.0.1:4000", "comma list of chatd WebSocket URLs (crossnode: publishers on the first, members on the second)")
 	fs.StringVar(&c.scenario, "scenario", "fanout", "idle, fanout, rooms or crossnode")
 	fs.IntVar(&c.conns, "conns", 1000, "idle: connections to open, each joined to a room")
-	fs.IntVar(&c.rooms, "rooms", 1, "rooms: how many rooms")
+	fs.IntVar(&c.rooms, "rooms", 1, "rooms, crossnode: how many rooms")
 	fs.IntVar(&c.members, "members", 100, "members per room")
-	fs.IntVar(&c.publishers, "publishers", 4, "fanout/crossnode: how many connections publish")
+	fs.IntVar(&c.publishers, "publishers", 4, "fanout/crossnode: how many connections publish (crossnode: spread over the rooms)")
 	fs.Float64Var(&c.rate, "rate", 100, "messages per second published in all")
 	fs.DurationVar(&c.duration, "duration", 10*time.Second, "how long to publish (and, for idle, to hold)")
 	fs.IntVar(&c.body, "body", 64, "message body size in bytes")
 	fs.StringVar(&c.secret, "secret", "", "the nodes' CHAT_JWT_SECRET (empty: dev mode)")
 	fs.StringVar(&sources, "sources", "", "comma list of local source addresses to spread connections over (default: 127.0.0.1-127.0.0.N as needed for loopback targets)")
 	fs.IntVar(&c.concurrency, "concurrency", 64, "connects in flight at once")
-	fs.IntVar(&c.serverPID, "server-pid", 0, "pid of the chatd process on this machine, to report its memory and CPU")
+	fs.StringVar(&pids, "server-pid", "", "pid of the chatd process on this machine, to report its memory and CPU; a comma list adds up the CPU of several (memory: the first)")
+	fs.StringVar(&c.redisAddr, "redis-addr", "", "host:port of the nodes' Redis on this machine, to report its CPU (INFO cpu) per accepted message")
 	fs.StringVar(&c.jsonOut, "json", "", "write the results as JSON to this file")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow targets that are not loopback addresses")
 	fs.DurationVar(&c.setupTimeout, "setup-timeout", 2*time.Minute, "how long connecting may take")
@@ -82,6 +85,15 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.urls = append(c.urls, u)
 	}
+	if c.redisAddr != "" && !c.allowRemote {
+		host, _, err := net.SplitHostPort(c.redisAddr)
+		if err != nil {
+			return nil, fmt.Errorf("-redis-addr %q: want host:port", c.redisAddr)
+		}
+		if err := checkLoopback(host); err != nil {
+			return nil, err
+		}
+	}
 	switch c.scenario {
 	case "idle", "fanout", "rooms":
 	case "crossnode":
@@ -103,6 +115,15 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.body < 32 {
 		c.body = 32
+	}
+	if pids != "" {
+		for _, p := range strings.Split(pids, ",") {
+			pid, err := strconv.Atoi(strings.TrimSpace(p))
+			if err != nil || pid <= 0 {
+				return nil, fmt.Errorf("-server-pid %q: want process ids", pids)
+			}
+			c.serverPIDs = append(c.serverPIDs, pid)
+		}
 	}
 	if sources != "" {
 		for _, s := range strings.Split(sources, ",") {

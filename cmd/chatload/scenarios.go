@@ -45,6 +45,9 @@ type result struct {
 	LatencyMaxMs    float64 `json:"latency_max_ms,omitempty"`
 	ServerCPUSec    float64 `json:"server_cpu_seconds,omitempty"`
 	CPUPer1000Ms    float64 `json:"server_cpu_ms_per_1000_deliveries,omitempty"`
+	AckedPerSec     float64 `json:"messages_acked_per_second,omitempty"`
+	RedisCPUSec     float64 `json:"redis_cpu_seconds,omitempty"`
+	RedisCPUPerMsg  float64 `json:"redis_cpu_us_per_acked_message,omitempty"`
 	LoadCPUSec      float64 `json:"load_tool_cpu_seconds,omitempty"`
 	Dropped         int64   `json:"connections_dropped"`
 	Error           string  `json:"error,omitempty"`
@@ -59,12 +62,15 @@ func (r *result) summary(w io.Writer) {
 			float64(r.ServerRSSBefore)/(1<<20), float64(r.ServerRSSAfter)/(1<<20), r.RSSPerConn/1000)
 	}
 	if r.Sent > 0 {
-		fmt.Fprintf(w, "  messages: %d sent, %d acked, %d refused in %.1fs\n", r.Sent, r.Acked, r.Refused, r.PublishSeconds)
+		fmt.Fprintf(w, "  messages: %d sent, %d acked (%.0f/s), %d refused in %.1fs\n", r.Sent, r.Acked, r.AckedPerSec, r.Refused, r.PublishSeconds)
 		fmt.Fprintf(w, "  deliveries: %d of %d expected (%d lost), %.0f/s\n", r.Delivered, r.Expected, r.Lost, r.DeliveredPerSec)
 		fmt.Fprintf(w, "  latency: p50 %.2f ms, p90 %.2f ms, p99 %.2f ms, max %.2f ms\n", r.LatencyP50Ms, r.LatencyP90Ms, r.LatencyP99Ms, r.LatencyMaxMs)
 	}
 	if r.ServerCPUSec > 0 {
 		fmt.Fprintf(w, "  server CPU: %.2fs, %.2f ms per 1,000 deliveries\n", r.ServerCPUSec, r.CPUPer1000Ms)
+	}
+	if r.RedisCPUSec > 0 {
+		fmt.Fprintf(w, "  redis CPU: %.2fs, %.1f µs per acked message\n", r.RedisCPUSec, r.RedisCPUPerMsg)
 	}
 	if r.LoadCPUSec > 0 {
 		fmt.Fprintf(w, "  load tool CPU: %.2fs over %.1fs of publishing\n", r.LoadCPUSec, r.PublishSeconds)
@@ -108,7 +114,7 @@ func (l *loader) run(ctx context.Context) (*result, error) {
 // the connect rate and the server's memory per joined connection.
 func (l *loader) idle(ctx context.Context, wg *sync.WaitGroup, res *result) error {
 	n := l.cfg.conns
-	before := procRSS(l.cfg.serverPID)
+	before := procRSS(l.cfg.firstPID())
 	conns, took, hist, err := l.connectAll(ctx, wg, n, func(i int) (*url.URL, string, string) {
 		return l.cfg.urls[i%len(l.cfg.urls)], "idle-" + strconv.Itoa(i), "idle-" + strconv.Itoa(i/l.cfg.members)
 	})
@@ -125,7 +131,7 @@ func (l *loader) idle(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 	hold := min(l.cfg.duration, 50*time.Second)
 	fmt.Fprintf(l.log, "chatload: %d connections open; holding %s\n", len(open), hold)
 	l.heartbeat(ctx, open, hold)
-	res.ServerRSSBefore, res.ServerRSSAfter = before, procRSS(l.cfg.serverPID)
+	res.ServerRSSBefore, res.ServerRSSAfter = before, procRSS(l.cfg.firstPID())
 	if before > 0 && res.ServerRSSAfter > 0 && len(open) > 0 {
 		res.RSSPerConn = float64(res.ServerRSSAfter-before) / float64(len(open))
 	}
@@ -157,7 +163,7 @@ func (l *loader) heartbeat(ctx context.Context, conns []*lconn, d time.Duration)
 // -duration, every member measuring delivery latency.
 func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) error {
 	rooms, members := l.cfg.rooms, l.cfg.members
-	if l.cfg.scenario != "rooms" {
+	if l.cfg.scenario == "fanout" {
 		rooms = 1
 	}
 	n := rooms * members
@@ -191,7 +197,11 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 		roomSize[c.room]++
 	}
 	pad := strings.Repeat("x", max(0, l.cfg.body-32))
-	cpu0, self0 := procCPU(l.cfg.serverPID), procCPU(os.Getpid())
+	cpu0, self0 := l.cfg.serverCPU(), procCPU(os.Getpid())
+	redis0, err := l.redisCPU(ctx)
+	if err != nil {
+		return err
+	}
 	l.hist.reset()
 	pubs := open[:publishers]
 	perPub := l.cfg.rate / float64(len(pubs))
@@ -255,8 +265,19 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 	if self1 := procCPU(os.Getpid()); self0 >= 0 && self1 >= 0 {
 		res.LoadCPUSec = (self1 - self0).Seconds()
 	}
+	res.AckedPerSec = float64(res.Acked) / elapsed.Seconds()
+	if redis0 >= 0 {
+		redis1, err := l.redisCPU(ctx)
+		if err != nil {
+			return err
+		}
+		res.RedisCPUSec = (redis1 - redis0).Seconds()
+		if res.Acked > 0 {
+			res.RedisCPUPerMsg = res.RedisCPUSec * 1e6 / float64(res.Acked)
+		}
+	}
 	if cpu0 >= 0 {
-		if cpu1 := procCPU(l.cfg.serverPID); cpu1 >= 0 {
+		if cpu1 := l.cfg.serverCPU(); cpu1 >= 0 {
 			res.ServerCPUSec = (cpu1 - cpu0).Seconds()
 			if res.Delivered > 0 {
 				res.CPUPer1000Ms = res.ServerCPUSec * 1000 / (float64(res.Delivered) / 1000)
@@ -267,6 +288,39 @@ func (l *loader) chat(ctx context.Context, wg *sync.WaitGroup, res *result) erro
 		return fmt.Errorf("%d publishers stopped on a write error", n)
 	}
 	return nil
+}
+
+// redisCPU returns the CPU time of -redis-addr, or -1 without one.
+func (l *loader) redisCPU(ctx context.Context) (time.Duration, error) {
+	if l.cfg.redisAddr == "" {
+		return -1, nil
+	}
+	return redisCPU(ctx, l.cfg.redisAddr)
+}
+
+// firstPID is the first -server-pid, or 0.
+func (c *config) firstPID() int {
+	if len(c.serverPIDs) == 0 {
+		return 0
+	}
+	return c.serverPIDs[0]
+}
+
+// serverCPU returns the CPU time of every -server-pid together, or -1 when
+// any is unknown.
+func (c *config) serverCPU() time.Duration {
+	if len(c.serverPIDs) == 0 {
+		return -1
+	}
+	var total time.Duration
+	for _, pid := range c.serverPIDs {
+		d := procCPU(pid)
+		if d < 0 {
+			return -1
+		}
+		total += d
+	}
+	return total
 }
 
 // procRSS returns the resident memory of pid, or 0 when unknown.
