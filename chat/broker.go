@@ -2,6 +2,7 @@ package chat
 
 import (
 	"context"
+	"errors"
 	"fmt"
 )
 
@@ -33,9 +34,10 @@ type Broker interface {
 	// increase in delivery order, cluster-wide, which is what makes "since
 	// <id>" recovery gap-free.
 	//
-	// Any other error leaves the outcome of a message unknown (a timeout
-	// after the request was sent, a broken connection): the caller must
-	// settle it with Resolve before it answers the sender.
+	// An error wrapping ErrNotPublished means nothing was published. Any
+	// other error leaves the outcome of a message unknown (a timeout after
+	// the request was sent, a broken connection): the caller must settle it
+	// with Resolve before it answers the sender.
 	Publish(ctx context.Context, room, id string, data []byte) error
 	// Resolve settles the outcome of a Publish of message id in room that
 	// returned an error other than *OutOfOrderError. It reports true when
@@ -55,6 +57,12 @@ type Broker interface {
 	// Unsubscribe undoes one Subscribe of room; delivery stops after the last.
 	Unsubscribe(ctx context.Context, room string) error
 }
+
+// ErrNotPublished is wrapped by the errors of Publish that prove nothing
+// was published (the request never left this node: the relay is down, no
+// connection could be made): such an outcome is known, Resolve is not
+// needed.
+var ErrNotPublished = errors.New("chat: not published")
 
 // LogQuery selects messages of a room's log.
 type LogQuery struct {

@@ -59,7 +59,8 @@ type Config struct {
 	// ResolveTimeout bounds how long a push whose publish outcome is
 	// unknown (Redis timed out or the connection broke) waits for the
 	// room's log to settle it; past it the sender is told "unavailable".
-	// Zero: 30 s.
+	// Keep it below clients' push timeout (the phoenix client's is 10 s).
+	// Zero: 8 s.
 	ResolveTimeout time.Duration
 	// PresenceInterval is how long presence changes of a room are collected
 	// into one presence_diff. Zero: 100 ms.
@@ -101,7 +102,7 @@ func (c *Config) setDefaults() error {
 		c.RelayTimeout = 5 * time.Second
 	}
 	if c.ResolveTimeout == 0 {
-		c.ResolveTimeout = 30 * time.Second
+		c.ResolveTimeout = 8 * time.Second
 	}
 	if c.PresenceInterval == 0 {
 		c.PresenceInterval = 100 * time.Millisecond
@@ -570,6 +571,10 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 				after = max(after, ooe.Last)
 				continue
 			}
+			return Message{}, ErrUnavailable
+		}
+		if errors.Is(err, ErrNotPublished) {
+			h.log.Warn("relay publish failed", "room", r.name, "err", err)
 			return Message{}, ErrUnavailable
 		}
 		if err != nil {

@@ -365,29 +365,33 @@ func idMillis(id string) (string, error) {
 // leaves a message's outcome unknown: settle it with Resolve.
 func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte) error {
 	if b.isClosed.Load() {
-		return ErrBrokerClosed
+		return fmt.Errorf("%w: %w", chat.ErrNotPublished, ErrBrokerClosed)
 	}
 	// While this node's own subscription is down, a publication would
 	// reach the other nodes but not this node's members: refuse it.
 	if b.relayDown.Load() {
 		b.publishErrors.Add(1)
-		return errRelayDown
+		return fmt.Errorf("%w: %w", chat.ErrNotPublished, errRelayDown)
 	}
 	ms := ""
 	if id != "" {
 		var err error
 		if ms, err = idMillis(id); err != nil {
-			return err
+			return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
 		}
 		if err := b.index(ctx, room); err != nil {
+			// The publication itself was not sent.
 			b.publishErrors.Add(1)
-			return err
+			return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
 		}
 	}
 	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.fenceKey(room, id)},
 		id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms).Slice()
 	if err != nil {
 		b.publishErrors.Add(1)
+		if notSent(err) {
+			err = fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
+		}
 		return fmt.Errorf("cluster: redis publish to room %s: %w", room, err)
 	}
 	status, _ := res[0].(int64)
@@ -404,10 +408,17 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 		return &chat.OutOfOrderError{Last: last}
 	case 3:
 		b.publishErrors.Add(1)
-		return fmt.Errorf("cluster: redis publish to room %s: message %s was resolved as not accepted", room, id)
+		return fmt.Errorf("cluster: redis publish to room %s: message %s was resolved as not accepted: %w", room, id, chat.ErrNotPublished)
 	}
 	b.publishErrors.Add(1)
 	return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
+}
+
+// notSent reports whether err proves a command never reached Redis: no
+// connection could be made (dialing failed, the pool had none to give).
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.Is(err, redis.ErrPoolTimeout) || (errors.As(err, &op) && op.Op == "dial")
 }
 
 // index adds room to this node's index of rooms, unless it did so within

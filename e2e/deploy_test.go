@@ -716,6 +716,36 @@ func TestManifestsDemo(t *testing.T) {
 			t.Errorf("StatefulSet %s: serviceName %s is not a Service", s.Name, s.Spec.ServiceName)
 		}
 	}
+	// Redis holds the room logs: an append-only file, fsynced every
+	// second, in a directory on a persistent volume.
+	var redisArgs []string
+	var redisSet *appsv1.StatefulSet
+	for _, s := range m.statefulSets {
+		if s.Name == "redis" {
+			redisSet, redisArgs = s, s.Spec.Template.Spec.Containers[0].Args
+		}
+	}
+	if redisSet == nil {
+		t.Fatal("the demo has no Redis StatefulSet")
+	}
+	argAfter := func(flag string) string {
+		if i := slices.Index(redisArgs, flag); i >= 0 && i+1 < len(redisArgs) {
+			return redisArgs[i+1]
+		}
+		return ""
+	}
+	if argAfter("--appendonly") != "yes" || argAfter("--appendfsync") != "everysec" {
+		t.Errorf("demo Redis args %q: want --appendonly yes --appendfsync everysec", redisArgs)
+	}
+	mounted := false
+	for _, vm := range redisSet.Spec.Template.Spec.Containers[0].VolumeMounts {
+		for _, vc := range redisSet.Spec.VolumeClaimTemplates {
+			mounted = mounted || (vm.Name == vc.Name && vm.MountPath == argAfter("--dir"))
+		}
+	}
+	if !mounted {
+		t.Errorf("demo Redis keeps its append-only file in %q, which is not a volume claim's mount", argAfter("--dir"))
+	}
 	for _, img := range []string{dep.Spec.Template.Spec.Containers[0].Image, m.jobs[0].Spec.Template.Spec.Containers[0].Image} {
 		if img != "chatd:dev" {
 			t.Errorf("demo image %s, want the locally built chatd:dev", img)
