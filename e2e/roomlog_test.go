@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -197,11 +198,20 @@ func rlAfter(sorted []string, since string) []string {
 func rlPushSeq(cl *psClient, topic, tag string, n int, period time.Duration) []psPush {
 	out := make([]psPush, n)
 	var wg sync.WaitGroup
+	// A channel told phx_error (its node's relay was cut off) is gone until
+	// it is rejoined, as the phoenix client does: pushes on it are answered
+	// "unmatched topic" (not published), and the loop rejoins.
+	var rejoin atomic.Bool
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	for i := range n {
 		if i > 0 {
 			<-tick.C
+		}
+		if rejoin.Swap(false) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			cl.call(ctx, topic, "phx_join", struct{}{})
+			cancel()
 		}
 		body := fmt.Sprintf("%s %d", tag, i)
 		sent, ch, err := cl.pushAsync(topic, body)
@@ -214,6 +224,9 @@ func rlPushSeq(cl *psClient, topic, tag string, n int, period time.Duration) []p
 		go func() {
 			defer wg.Done()
 			out[i].Reply = psAwait(ch)
+			if out[i].Reply.reason() == "unmatched topic" {
+				rejoin.Store(true)
+			}
 		}()
 	}
 	wg.Wait()
@@ -1131,6 +1144,11 @@ func TestRoomLogRecoveryUnderRelayCuts(t *testing.T) {
 		fence = psPushOne(pub, topic, stopBody)
 		if fence.ok() || try == 19 {
 			break
+		}
+		if fence.Reply.reason() == "unmatched topic" { // told phx_error: rejoin
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			pub.call(ctx, topic, "phx_join", struct{}{})
+			cancel()
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
