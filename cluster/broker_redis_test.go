@@ -403,7 +403,7 @@ func TestRedisBrokerStallIsNotACutOff(t *testing.T) {
 	// Redis runs it once it wakes.
 	during := redis.NewClient(&redis.Options{Addr: srv.Addr(), ReadTimeout: time.Minute, MaxRetries: -1})
 	t.Cleanup(func() { during.Close() })
-	if err := during.Publish(ctx, "chatd:room:lobby", "during").Err(); err != nil {
+	if err := during.Publish(ctx, "chatd:room:{lobby}", "during").Err(); err != nil {
 		t.Fatalf("PUBLISH during the stall: %v", err)
 	}
 	if err := <-slept; err != nil {

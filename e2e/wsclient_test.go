@@ -37,6 +37,79 @@ type psClient struct {
 	done     chan struct{}           // closed when the reader has ended
 	hbStop   chan struct{}
 	hbOnce   sync.Once
+
+	// rejoin, set by recoverOnError, makes the client answer phx_error as
+	// the phoenix client does: it rejoins the topic with "since" the last
+	// message read, and the reply's messages join the topic's broadcasts,
+	// in order. rejoins maps the ref of such a join to its topic.
+	rejoin    bool
+	rejoins   map[string]string
+	recovered []bool // "recovered" of each such rejoin's reply
+}
+
+// recoverOnError makes c rejoin a topic after phx_error and recover what
+// it missed, as the phoenix client (with since as a join param function)
+// does.
+func (c *psClient) recoverOnError() {
+	c.mu.Lock()
+	c.rejoin = true
+	c.rejoins = make(map[string]string)
+	c.mu.Unlock()
+}
+
+// rejoinResults returns the "recovered" of every rejoin after phx_error.
+func (c *psClient) rejoinResults() []bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]bool(nil), c.recovered...)
+}
+
+// sendRejoin rejoins topic with since = the last message read on it; the
+// reader calls it, without c.mu.
+func (c *psClient) sendRejoin(topic string) {
+	c.mu.Lock()
+	payload := map[string]any{}
+	if ms := c.msgs[topic]; len(ms) > 0 {
+		payload["since"] = ms[len(ms)-1].ID
+	}
+	c.nextRef++
+	ref := strconv.Itoa(c.nextRef)
+	c.joinRefs[topic] = ref
+	c.rejoins[ref] = topic
+	c.mu.Unlock()
+	frame, _ := json.Marshal([]any{ref, ref, topic, "phx_join", payload})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c.conn.Write(ctx, websocket.MessageText, frame) // an error ends the reader too
+}
+
+// takeRejoinReply merges the reply to a rejoin into topic's messages, with
+// c.mu held; false means ref was not a rejoin.
+func (c *psClient) takeRejoinReplyLocked(ref string, r psReply, at time.Time) bool {
+	topic, ok := c.rejoins[ref]
+	if !ok {
+		return false
+	}
+	delete(c.rejoins, ref)
+	var resp psJoinResponse
+	if r.Status == "ok" && json.Unmarshal(r.Response, &resp) == nil {
+		last := ""
+		if ms := c.msgs[topic]; len(ms) > 0 {
+			last = ms[len(ms)-1].ID
+		}
+		for _, m := range resp.Messages {
+			if m.ID > last {
+				m.At = at
+				c.msgs[topic] = append(c.msgs[topic], m)
+			}
+		}
+		c.recovered = append(c.recovered, resp.Recovered != nil && *resp.Recovered)
+		close(c.changed)
+		c.changed = make(chan struct{})
+	} else {
+		c.recovered = append(c.recovered, false)
+	}
+	return true
 }
 
 // psReply is a phx_reply as the client saw it. Err is set instead when the
@@ -215,6 +288,10 @@ func (c *psClient) readLoop() {
 			}
 			r.At, r.Raw = at, string(data)
 			c.mu.Lock()
+			if c.rejoin && c.takeRejoinReplyLocked(ref, r, at) {
+				c.mu.Unlock()
+				continue
+			}
 			ch := c.pending[ref]
 			delete(c.pending, ref)
 			c.mu.Unlock()
@@ -235,6 +312,14 @@ func (c *psClient) readLoop() {
 			close(c.changed)
 			c.changed = make(chan struct{})
 			c.mu.Unlock()
+		case event == "phx_error":
+			c.noteOther(string(data))
+			c.mu.Lock()
+			rejoin := c.rejoin
+			c.mu.Unlock()
+			if rejoin {
+				c.sendRejoin(topic)
+			}
 		default:
 			c.noteOther(string(data))
 		}
