@@ -189,9 +189,31 @@ type room struct {
 	subscribed chan struct{}
 	subErr     error
 
-	mu       sync.Mutex
-	members  map[*Session]*member
-	snapshot []*member // members as a slice; nil when stale
+	mu      sync.Mutex
+	members map[*Session]*member
+	// sessions and all are the members as slices, for fan-out; nil when
+	// stale.
+	sessions []*Session
+	all      []*member
+	// special counts the members whose deliveries need a check (a floor
+	// is set, or the channel errored): while it is zero, fan-out is a
+	// plain loop over sessions.
+	special int
+}
+
+// special reports whether m's deliveries need a check; r.mu is held.
+func (m *member) special() bool { return m.floor != "" || m.errored.Load() }
+
+// update applies change to m, keeping r.special right; r.mu is held.
+func (r *room) update(m *member, change func()) {
+	was := m.special()
+	change()
+	switch now := m.special(); {
+	case now && !was:
+		r.special++
+	case was && !now:
+		r.special--
+	}
 }
 
 // member is one session's channel in a room, as fan-out sees it; its
@@ -388,25 +410,38 @@ func (h *Hub) deliver(name string, data []byte) {
 		h.seeID(msg.ID)
 	}
 	r.mu.Lock()
-	if r.snapshot == nil {
-		r.snapshot = make([]*member, 0, len(r.members))
-		for _, m := range r.members {
-			r.snapshot = append(r.snapshot, m)
-		}
-	}
 	n := 0
-	for _, m := range r.snapshot {
-		if m.errored.Load() {
-			continue
-		}
-		if m.floor != "" && msg.ID != "" {
-			if msg.ID <= m.floor {
-				continue // the join's reply had it
+	if r.special == 0 {
+		if r.sessions == nil {
+			r.sessions = make([]*Session, 0, len(r.members))
+			for s := range r.members {
+				r.sessions = append(r.sessions, s)
 			}
-			m.floor = ""
 		}
-		m.s.deliver(r, msg, data)
-		n++
+		for _, s := range r.sessions {
+			s.deliver(r, msg, data)
+		}
+		n = len(r.sessions)
+	} else {
+		if r.all == nil {
+			r.all = make([]*member, 0, len(r.members))
+			for _, m := range r.members {
+				r.all = append(r.all, m)
+			}
+		}
+		for _, m := range r.all {
+			if m.errored.Load() {
+				continue
+			}
+			if m.floor != "" && msg.ID != "" {
+				if msg.ID <= m.floor {
+					continue // the join's reply had it
+				}
+				r.update(m, func() { m.floor = "" })
+			}
+			m.s.deliver(r, msg, data)
+			n++
+		}
 	}
 	r.mu.Unlock()
 	h.stats.deliveries.Add(int64(n))
@@ -448,7 +483,7 @@ func (h *Hub) join(ctx context.Context, s *Session, name, joinRef string, buffer
 	m := &member{s: s, joinRef: joinRef}
 	r.mu.Lock()
 	r.members[s] = m
-	r.snapshot = nil
+	r.sessions, r.all = nil, nil
 	if buffer {
 		s.startJoin(r)
 	}
@@ -479,8 +514,11 @@ func (h *Hub) leave(s *Session, r *room) {
 	sh := h.shard(r.name)
 	sh.mu.Lock()
 	r.mu.Lock()
+	if m := r.members[s]; m != nil && m.special() {
+		r.special--
+	}
 	delete(r.members, s)
-	r.snapshot = nil
+	r.sessions, r.all = nil, nil
 	s.abortJoin(r)
 	empty := len(r.members) == 0
 	r.mu.Unlock()
@@ -521,9 +559,10 @@ func (h *Hub) Resync() {
 	for _, r := range rooms {
 		r.mu.Lock()
 		for s, m := range r.members {
-			if m.errored.Swap(true) {
+			if m.errored.Load() {
 				continue
 			}
+			r.update(m, func() { m.errored.Store(true) })
 			s.enqueue(AppendFrame(nil, m.joinRef, m.joinRef, r.topic, EventError, emptyObject))
 			n++
 		}

@@ -482,7 +482,7 @@ func (s *Session) finishJoin(r *room, m *member, f Frame, p joinParams, loaded h
 	}
 	resp := assembleHistory(p, loaded, heldMsgs)
 	if n := len(resp.Messages); n > 0 {
-		m.floor = resp.Messages[n-1].ID
+		r.update(m, func() { m.floor = resp.Messages[n-1].ID })
 	}
 	r.mu.Unlock()
 	queued := s.enqueueReplyLocked(EncodeReply(f, resp))
