@@ -49,6 +49,22 @@ func joinReply(t *testing.T, s *Session, topic, ref, payload string) joinRespons
 	return joinResponse{}
 }
 
+// joined returns a hub (made with opts) and a session of user joined to
+// room, without history.
+func joined(t *testing.T, opts Options, user, room string) (*Hub, *Session, *room) {
+	t.Helper()
+	h, err := NewHub(Config{}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newTestSession(h, user)
+	r, _, err := h.join(context.Background(), s, room, "1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, s, r
+}
+
 func newMsgEvents(fs []Frame) (ids []string) {
 	for _, f := range fs {
 		if f.Event == EventNewMsg {
@@ -62,16 +78,8 @@ func newMsgEvents(fs []Frame) (ids []string) {
 // A join with since on a node where the room has no members reads the
 // room's log, which holds what every node accepted, stored or not.
 func TestJoinSinceReadsTheLog(t *testing.T) {
-	h, err := NewHub(Config{}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, pub, r := joined(t, Options{}, "pub", "lobby")
 	ctx := context.Background()
-	pub := newTestSession(h, "pub")
-	r, _, err := h.join(ctx, pub, "lobby", "1", false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ids []string
 	for range 5 {
 		m, err := h.publish(ctx, r, "pub", "hi")
@@ -140,16 +148,8 @@ func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 // A node's ids keep increasing past every id it has seen, so a room whose
 // log was lost (Redis restarted empty) does not see ids go backwards.
 func TestIDsAfterTheHighestSeen(t *testing.T) {
-	h, err := NewHub(Config{}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, _, r := joined(t, Options{}, "s", "lobby")
 	ctx := context.Background()
-	s := newTestSession(h, "s")
-	r, _, err := h.join(ctx, s, "lobby", "1", false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	// A message from a node whose clock runs an hour ahead.
 	ahead, _ := uuid.NewV7()
 	ms := time.Now().Add(time.Hour).UnixMilli()
@@ -203,19 +203,11 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 	for _, accepted := range []bool{true, false} {
 		var fb *faultyBroker
 		sink := &countingSink{}
-		h, err := NewHub(Config{}, Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
+		h, s, r := joined(t, Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
 			fb = &faultyBroker{MemoryBroker: NewMemoryBroker(hd), publishFirst: accepted}
 			return fb
-		}})
-		if err != nil {
-			t.Fatal(err)
-		}
+		}}, "s", "lobby")
 		ctx := context.Background()
-		s := newTestSession(h, "s")
-		r, _, err := h.join(ctx, s, "lobby", "1", false)
-		if err != nil {
-			t.Fatal(err)
-		}
 		m, err := h.publish(ctx, r, "s", "hi")
 		delivered := newMsgEvents(frames(t, s))
 		switch {
