@@ -45,8 +45,8 @@ type RedisBrokerConfig struct {
 	URL string
 	// Prefix starts every key and channel name the broker uses:
 	// "<Prefix>:room:{<room>}" is a room's channel, "<Prefix>:{<room>}:log"
-	// its log (a stream), "<Prefix>:{<room>}:fence:<id>" fences off a
-	// publication resolved as not accepted, and
+	// its log (a stream; an entry without a frame fences off a publication
+	// resolved as not accepted), and
 	// "<Prefix>:node-rooms:{<node>}" indexes the rooms a node published to,
 	// for the survivors that persist a dead node's messages. The braces
 	// keep every key of a room in one Redis Cluster hash slot. Every node of
@@ -62,14 +62,11 @@ type RedisBrokerConfig struct {
 	// Logger receives the broker's logs. Nil: discard.
 	Logger *slog.Logger
 	// LastIDTTL is how long a room's log is kept after the room's latest
-	// message; after that the log starts anew (the store keeps the
+	// message (renewed once a minute of the room's activity, so up to a
+	// minute less); after that the log starts anew (the store keeps the
 	// history). It must outlast clock skew between nodes, and the longest
 	// database outage the persistence queue rides out. Zero: 24 h.
 	LastIDTTL time.Duration
-	// FenceTTL is how long a publication resolved as not accepted stays
-	// refused: it must outlast the time a command can sit in a stalled
-	// Redis's input. Zero: 10 min.
-	FenceTTL time.Duration
 	// PingInterval is how often the pub/sub connection is pinged. A
 	// connection that delivers nothing, not even a pong, for three intervals
 	// is probed: when a new TCP connection to Redis's address cannot be
@@ -114,9 +111,6 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	if c.LastIDTTL == 0 {
 		c.LastIDTTL = 24 * time.Hour
 	}
-	if c.FenceTTL == 0 {
-		c.FenceTTL = 10 * time.Minute
-	}
 	if c.PingInterval == 0 {
 		c.PingInterval = 5 * time.Second
 	}
@@ -135,8 +129,8 @@ func (c *RedisBrokerConfig) setDefaults() error {
 	switch {
 	case c.Client == nil && c.URL == "":
 		return errors.New("cluster: redis broker: a Client or URL is required")
-	case c.LastIDTTL < time.Millisecond, c.FenceTTL < time.Millisecond:
-		return errors.New("cluster: redis broker: LastIDTTL and FenceTTL must be at least 1ms")
+	case c.LastIDTTL < time.Millisecond:
+		return errors.New("cluster: redis broker: LastIDTTL must be at least 1ms")
 	case c.PingInterval < 0, c.OpTimeout < 0, c.StallTimeout < 0, c.MinBackoff < 0, c.MaxBackoff < 0:
 		return errors.New("cluster: redis broker: durations must not be negative")
 	case c.MinBackoff > c.MaxBackoff:
@@ -334,11 +328,6 @@ func (b *RedisBroker) channel(room string) string { return b.chanPrefix + "{" + 
 // logKey returns the key of room's log.
 func (b *RedisBroker) logKey(room string) string { return b.prefix + ":{" + room + "}:log" }
 
-// fenceKey returns the key that fences off message id of room.
-func (b *RedisBroker) fenceKey(room, id string) string {
-	return b.prefix + ":{" + room + "}:fence:" + id
-}
-
 // idMillis returns the millisecond timestamp of a UUIDv7 message id, the
 // first 48 bits: its log entry's stream id starts with it.
 func idMillis(id string) (string, error) {
@@ -353,8 +342,9 @@ func idMillis(id string) (string, error) {
 }
 
 // Publish implements chat.Broker with one atomic script on Redis: for a
-// message, the fence and order checks, the append to the room's log and the
-// PUBLISH; for another frame, the PUBLISH alone. The first message this
+// message, the order check (which also refuses an id fenced off by
+// Resolve), the append to the room's log and the PUBLISH; for another
+// frame, the PUBLISH alone. The first message this
 // node publishes to a room (and one every indexRefresh) first adds the room
 // to the node's index of rooms, so that the survivors of this node find
 // its messages (TakeOver).
@@ -385,7 +375,7 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
 		}
 	}
-	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.fenceKey(room, id)},
+	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room)},
 		id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms).Slice()
 	if err != nil {
 		b.publishErrors.Add(1)
@@ -406,9 +396,6 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			last, _ = res[1].(string)
 		}
 		return &chat.OutOfOrderError{Last: last}
-	case 3:
-		b.publishErrors.Add(1)
-		return fmt.Errorf("cluster: redis publish to room %s: message %s was resolved as not accepted: %w", room, id, chat.ErrNotPublished)
 	}
 	b.publishErrors.Add(1)
 	return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
@@ -454,9 +441,10 @@ func (b *RedisBroker) index(ctx context.Context, room string) error {
 }
 
 // Resolve implements chat.Broker with one atomic script: the message is
-// looked up in the room's log, and when it is not there it is fenced off,
-// so that its publication, still queued in a stalled Redis say, is refused
-// when it runs.
+// looked up in the room's log, and when it is not there it is fenced off
+// (an entry of its id without a frame), so that its publication, still
+// queued in a stalled Redis say, is refused by the order check when it
+// runs.
 func (b *RedisBroker) Resolve(ctx context.Context, room, id string) (bool, error) {
 	if b.isClosed.Load() {
 		return false, ErrBrokerClosed
@@ -465,8 +453,8 @@ func (b *RedisBroker) Resolve(ctx context.Context, room, id string) (bool, error
 	if err != nil {
 		return false, err
 	}
-	n, err := resolveScript.Run(ctx, b.client, []string{b.logKey(room), b.fenceKey(room, id)},
-		id, ms, b.cfg.FenceTTL.Milliseconds()).Int()
+	n, err := resolveScript.Run(ctx, b.client, []string{b.logKey(room)},
+		id, ms, b.cfg.NodeName, b.ttlMillis).Int()
 	if err != nil {
 		return false, fmt.Errorf("cluster: redis resolve message %s of room %s: %w", id, room, err)
 	}
@@ -511,15 +499,18 @@ func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery)
 	}
 	for _, m := range sel.Val() {
 		id, _ := m.Values["i"].(string)
+		d, isMsg := m.Values["d"].(string)
 		if q.After != "" && id <= q.After {
-			r.Found = id == q.After
+			r.Found = isMsg && id == q.After
 			break
+		}
+		if !isMsg {
+			continue // a fence
 		}
 		if len(r.Entries) == q.Limit {
 			r.More = true
 			break
 		}
-		d, _ := m.Values["d"].(string)
 		r.Entries = append(r.Entries, chat.LogEntry{ID: id, Data: []byte(d)})
 	}
 	slices.Reverse(r.Entries)
@@ -548,11 +539,11 @@ func (b *RedisBroker) TakeOver(ctx context.Context, node string, fn func(room st
 		}
 		var entries []chat.LogEntry
 		for _, m := range msgs {
-			if n, _ := m.Values["n"].(string); n != node {
+			d, isMsg := m.Values["d"].(string)
+			if n, _ := m.Values["n"].(string); n != node || !isMsg {
 				continue
 			}
 			id, _ := m.Values["i"].(string)
-			d, _ := m.Values["d"].(string)
 			entries = append(entries, chat.LogEntry{ID: id, Data: []byte(d)})
 		}
 		if len(entries) == 0 {

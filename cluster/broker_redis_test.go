@@ -640,6 +640,26 @@ func TestRedisBrokerResolveFencesLatePublish(t *testing.T) {
 	if ok, err := b.Resolve(ctx, room, ids[1]); err != nil || !ok {
 		t.Fatalf("Resolve of an accepted message = %v, %v; want true", ok, err)
 	}
+	// The fence is no message: readers and takeovers do not see it.
+	r, err := b.ReadLog(ctx, room, chat.LogQuery{Limit: 10})
+	if err != nil || len(r.Entries) != 1 || r.Entries[0].ID != ids[1] {
+		t.Fatalf("ReadLog after a fence = %+v, %v; want only %s", r, err, ids[1])
+	}
+	if r, err := b.ReadLog(ctx, room, chat.LogQuery{After: ids[0], Limit: 10}); err != nil || r.Found || len(r.Entries) != 1 {
+		t.Fatalf("ReadLog after the fenced id = %+v, %v; want it not found, and the next message", r, err)
+	}
+	if ok, err := b.Resolve(ctx, room, ids[0]); err != nil || ok {
+		t.Fatalf("Resolve of the fenced id again = %v, %v; want false", ok, err)
+	}
+	var taken []string
+	if _, err := b.TakeOver(ctx, "chatd", func(_ string, es []chat.LogEntry) error {
+		for _, e := range es {
+			taken = append(taken, e.ID)
+		}
+		return nil
+	}); err != nil || len(taken) != 1 || taken[0] != ids[1] {
+		t.Fatalf("TakeOver after a fence = %v, %v; want only %s", taken, err, ids[1])
+	}
 }
 
 // TakeOver finds what a node logged, in every room it published to, and

@@ -1,7 +1,7 @@
 -- Accepts one room publication in one atomic step.
 --
--- KEYS[1]  the room's log, a stream of {i = message id, n = node, d = frame}
--- KEYS[2]  the fence of this message id (set by resolve.lua)
+-- KEYS[1]  the room's log, a stream of {i = message id, n = node, d = frame};
+--          an entry without d is a fence left by resolve.lua
 -- ARGV[1]  message id; empty for a frame that is relayed, not logged
 -- ARGV[2]  the frame
 -- ARGV[3]  the room's pub/sub channel
@@ -11,10 +11,9 @@
 -- ARGV[7]  the millisecond part of the message id (the stream entry id's)
 --
 -- Returns {1} when published; {0, last} when the id is not after the log's
--- last message id (nothing done); {2} when the id and frame are the log's
--- last message, i.e. a command retried after its reply was lost (nothing
--- done again); {3} when the id was fenced off by resolve.lua
--- (nothing done, and it never will be).
+-- last entry (nothing done: a fence refuses its own id this way); {2} when
+-- the id and frame are the log's last message, i.e. a command retried after
+-- its reply was lost (nothing done again).
 
 -- before compares byte-wise, not with Lua's locale-dependent operators.
 local function before(a, b)
@@ -28,10 +27,8 @@ end
 
 local id = ARGV[1]
 if id ~= '' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then
-    return {3}
-  end
   local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  local fresh = true
   if top then
     local f = top[2]
     local last = f[2]
@@ -41,9 +38,14 @@ if id ~= '' then
     if not before(last, id) then
       return {0, last}
     end
+    -- The lifetime is renewed once a minute of the room's activity, not
+    -- on every message.
+    fresh = math.floor(tonumber(string.match(top[1], '^%d+')) / 60000) ~= math.floor(tonumber(ARGV[7]) / 60000)
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[7] .. '-*', 'i', id, 'n', ARGV[6], 'd', ARGV[2])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  if fresh then
+    redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return {1}
