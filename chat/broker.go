@@ -87,6 +87,9 @@ type LogRead struct {
 	// Oldest is the id of the oldest message the log holds, empty when it
 	// holds none.
 	Oldest string
+	// Newest is the id of the newest message the log holds, empty when it
+	// holds none: every message accepted after the read has a greater id.
+	Newest string
 	// Full reports that the log holds as many messages as it keeps, so
 	// older ones may have been dropped. A log that is not full holds every
 	// message of the room since the log was created (it starts anew when

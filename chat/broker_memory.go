@@ -68,12 +68,15 @@ type memoryShard struct {
 	logs map[string]*memoryLog
 }
 
-// memoryLog is one room's log: a ring of its newest messages.
+// memoryLog is one room's log: a ring of its newest messages. room,
+// entries and head are guarded by its shard's mu; elem and counted by the
+// broker's lruMu.
 type memoryLog struct {
 	room    string
 	entries []LogEntry // ring, oldest at head once full
 	head    int
 	elem    *list.Element
+	counted int // entries counted in the broker's total
 }
 
 func (l *memoryLog) len() int { return len(l.entries) }
@@ -142,25 +145,22 @@ func (b *MemoryBroker) Publish(_ context.Context, room, id string, data []byte) 
 // than MaxLogMessages it takes the least recently written ones off the
 // list and returns them, for the caller to drop once sh.mu is released.
 func (b *MemoryBroker) appendLocked(l *memoryLog, e LogEntry) (victims []*memoryLog) {
-	grew := len(l.entries) < b.cfg.LogLength
-	if grew {
+	if len(l.entries) < b.cfg.LogLength {
 		l.entries = append(l.entries, e)
 	} else {
 		l.entries[l.head] = e
 		l.head = (l.head + 1) % len(l.entries)
 	}
+	n := len(l.entries)
 	b.lruMu.Lock()
 	defer b.lruMu.Unlock()
-	switch {
-	case l.elem == nil: // new, or taken off the list since
+	if l.elem == nil { // new, or taken off the list since
 		l.elem = b.lru.PushBack(l)
-		b.total += l.len()
-	default:
+	} else {
 		b.lru.MoveToBack(l.elem)
-		if grew {
-			b.total++
-		}
 	}
+	b.total += n - l.counted
+	l.counted = n
 	for b.total > b.cfg.MaxLogMessages {
 		v := b.lru.Front().Value.(*memoryLog)
 		if v == l {
@@ -168,7 +168,8 @@ func (b *MemoryBroker) appendLocked(l *memoryLog, e LogEntry) (victims []*memory
 		}
 		b.lru.Remove(v.elem)
 		v.elem = nil
-		b.total -= v.len()
+		b.total -= v.counted
+		v.counted = 0
 		victims = append(victims, v)
 	}
 	return victims
@@ -236,7 +237,7 @@ func selectLog(log []LogEntry, q LogQuery, full bool) LogRead {
 	if len(log) == 0 {
 		return r
 	}
-	r.Oldest = log[0].ID
+	r.Oldest, r.Newest = log[0].ID, log[len(log)-1].ID
 	from := 0
 	if q.After != "" {
 		i, found := slices.BinarySearchFunc(log, q.After, func(e LogEntry, id string) int {

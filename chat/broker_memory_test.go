@@ -1,6 +1,9 @@
 package chat_test
 
 import (
+	"context"
+	"fmt"
+	"sync"
 	"testing"
 
 	"github.com/chatd/chatd/chat"
@@ -18,4 +21,41 @@ func TestMemoryBrokerLog(t *testing.T) {
 	chattest.RunLogTests(t, func(t *testing.T, h chat.BrokerHandler) chat.Broker {
 		return chat.NewMemoryBroker(h)
 	})
+}
+
+// The logs of all rooms together stay within MaxLogMessages (give or take
+// the log being written), however many rooms are written at once: the
+// least recently written are dropped whole.
+func TestMemoryBrokerLogBound(t *testing.T) {
+	b := chat.NewMemoryBrokerWith(chat.MemoryBrokerConfig{MaxLogMessages: 3000}, func(string, []byte) {})
+	const rooms, writers, perWriter = 40, 8, 500
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			after := map[string]string{}
+			for i := range perWriter {
+				room := fmt.Sprintf("r%d", (w*perWriter+i)%rooms)
+				id, err := chattest.PublishMessage(context.Background(), b, room, after[room], func(id string) []byte { return []byte(id) })
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				after[room] = id
+			}
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for r := range rooms {
+		lr, err := b.ReadLog(context.Background(), fmt.Sprintf("r%d", r), chat.LogQuery{Limit: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += lr.Len
+	}
+	if total > 3000 || total < 3000-chat.MaxRecover-1 {
+		t.Fatalf("the logs hold %d messages, want about 3000 (at most)", total)
+	}
 }

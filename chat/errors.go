@@ -33,6 +33,11 @@ var (
 	// ErrUnavailable: the message could not be relayed to the room; it was
 	// not delivered and the sender may retry.
 	ErrUnavailable = &Error{Reason: "unavailable"}
+	// ErrOutcomeUnknown: the relay did not answer in time, so whether the
+	// message was accepted is not known yet. It may still reach the room
+	// (and then it is stored); a client finds out by rejoining with since
+	// rather than by sending it again.
+	ErrOutcomeUnknown = &Error{Reason: "outcome unknown"}
 	// ErrTooManyConnections: the user holds as many connections as allowed.
 	ErrTooManyConnections = &Error{Reason: "too many connections"}
 )

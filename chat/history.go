@@ -92,7 +92,7 @@ func (h *Hub) loadSince(ctx context.Context, room, since string) historyLoad {
 			return historyLoad{msgs: logged}
 		}
 	}
-	all := afterID(mergeByID(stored, logged), since)
+	all := afterID(mergeByID(upTo(stored, lr.Newest), logged), since)
 	if len(all) > MaxRecover {
 		all, cut = all[len(all)-MaxRecover:], true
 	}
@@ -112,7 +112,7 @@ func (h *Hub) loadRecent(ctx context.Context, room string, n int) historyLoad {
 	if err != nil {
 		h.log.Warn("join history unavailable", "room", room, "err", err)
 	}
-	all := mergeByID(stored, logged)
+	all := mergeByID(upTo(stored, lr.Newest), logged)
 	if len(all) > n {
 		all = all[len(all)-n:]
 	}
@@ -189,6 +189,23 @@ func assembleHistory(p joinParams, l historyLoad, held []Message) joinResponse {
 		all, recovered = all[len(all)-MaxRecover:], false
 	}
 	return joinResponse{Messages: all, Recovered: &recovered}
+}
+
+// upTo returns the stored messages up to newest, the log's newest when it
+// was read: what was accepted after that read reaches the joiner as held
+// back or live deliveries, in the room's order, and must not be in the
+// reply ahead of what was accepted before it but is not stored yet (the
+// reply's newest message is the floor below which deliveries are
+// skipped). With no log (newest empty) nothing is cut.
+func upTo(stored []Message, newest string) []Message {
+	if newest == "" {
+		return stored
+	}
+	i, found := slices.BinarySearchFunc(stored, newest, compareID)
+	if found {
+		i++
+	}
+	return stored[:i]
 }
 
 // afterID returns the messages of msgs (id-sorted) with an id greater than

@@ -2,10 +2,12 @@ package chat
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,11 +58,12 @@ type Config struct {
 	// RelayTimeout bounds one Publish to the broker, and each attempt to
 	// settle one whose outcome is unknown. Zero: 5 s.
 	RelayTimeout time.Duration
-	// ResolveTimeout bounds how long a push whose publish outcome is
-	// unknown (Redis timed out or the connection broke) waits for the
-	// room's log to settle it; past it the sender is told "unavailable".
-	// Keep it below clients' push timeout (the phoenix client's is 10 s).
-	// Zero: 8 s.
+	// ResolveTimeout bounds how long, from the start of its publish, a push
+	// whose outcome is unknown (Redis timed out or the connection broke)
+	// waits for the room's log to settle it; past it the sender is told
+	// "outcome unknown" and the node goes on settling it in the
+	// background (an accepted message is then stored). Keep it below
+	// clients' push timeout (the phoenix client's is 10 s). Zero: 9 s.
 	ResolveTimeout time.Duration
 	// PresenceInterval is how long presence changes of a room are collected
 	// into one presence_diff. Zero: 100 ms.
@@ -102,7 +105,7 @@ func (c *Config) setDefaults() error {
 		c.RelayTimeout = 5 * time.Second
 	}
 	if c.ResolveTimeout == 0 {
-		c.ResolveTimeout = 8 * time.Second
+		c.ResolveTimeout = 9 * time.Second
 	}
 	if c.PresenceInterval == 0 {
 		c.PresenceInterval = 100 * time.Millisecond
@@ -161,6 +164,14 @@ type Hub struct {
 	sessions map[*Session]struct{}
 	sessWG   sync.WaitGroup
 	draining atomic.Bool
+
+	// Publishes whose outcome is settled in the background (settleLater):
+	// unsettled counts them (guarded by sessMu), settling waits for them,
+	// stop ends them at shutdown.
+	unsettled int
+	settling  sync.WaitGroup
+	stop      context.Context
+	stopAll   context.CancelFunc
 
 	// idMu guards maxID, the greatest message id this node has published
 	// or received: new ids are greater, so a room's ids keep increasing
@@ -329,6 +340,7 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 	if h.presence == nil {
 		h.presence = NewMemoryPresence()
 	}
+	h.stop, h.stopAll = context.WithCancel(context.Background())
 	h.presenceDiffs = newPresenceBatcher(h, cfg.PresenceInterval)
 	if opts.RateLimiter == nil {
 		opts.RateLimiter = NewMemoryRateLimiter()
@@ -592,6 +604,7 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 	}()
 	msg := Message{Room: r.name, UserID: user, Body: body}
 	after := h.lastSeenID()
+	start := time.Now()
 	for attempt := 1; ; attempt++ {
 		id, err := newMessageID(after)
 		if err != nil {
@@ -618,10 +631,16 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 		}
 		if err != nil {
 			h.log.Warn("relay publish outcome unknown; resolving it against the room's log", "room", r.name, "id", msg.ID, "err", err)
-			accepted, rerr := h.resolve(ctx, r.name, msg.ID)
+			rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), start.Add(h.cfg.ResolveTimeout))
+			accepted, rerr := h.resolve(rctx, r.name, msg.ID)
+			cancel()
 			if rerr != nil {
-				h.log.Error("relay publish outcome not resolved: the sender is told unavailable", "room", r.name, "id", msg.ID, "err", rerr)
-				return Message{}, ErrUnavailable
+				// The sender is answered now; the message is settled
+				// later, keeping its place in the persistence queue.
+				if h.settleLater(msg) {
+					committed = true
+				}
+				return Message{}, ErrOutcomeUnknown
 			}
 			if !accepted {
 				return Message{}, ErrUnavailable
@@ -637,11 +656,8 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 }
 
 // resolve settles a publish whose outcome is unknown, trying until the log
-// answers or ResolveTimeout passes. It runs to the end even when the
-// sender is gone: an accepted message must reach the sink.
+// answers or ctx ends.
 func (h *Hub) resolve(ctx context.Context, room, id string) (bool, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.ResolveTimeout)
-	defer cancel()
 	pause := 50 * time.Millisecond
 	for {
 		actx, acancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
@@ -662,10 +678,57 @@ func (h *Hub) resolve(ctx context.Context, room, id string) (bool, error) {
 	}
 }
 
+// maxUnsettled bounds the messages settled in the background at once, and
+// settleGrace how long Shutdown waits for them.
+const (
+	maxUnsettled = 1024
+	settleGrace  = 2 * time.Second
+)
+
+// settleLater settles msg's unknown outcome in the background, holding its
+// place in the persistence queue: an accepted message is committed (and
+// so stored), another one's place is given back. It reports false, and
+// does nothing, when too many are being settled already or the hub is
+// shutting down; the caller then gives the place back. A message accepted
+// but not settled before shutdown is still in its room's log: this node
+// stores it from there when it starts again (the take-over of its own
+// name).
+func (h *Hub) settleLater(msg Message) bool {
+	h.sessMu.Lock()
+	defer h.sessMu.Unlock()
+	if h.draining.Load() || h.unsettled >= maxUnsettled {
+		h.log.Error("relay publish outcome not settled", "room", msg.Room, "id", msg.ID)
+		return false
+	}
+	h.unsettled++
+	h.settling.Add(1)
+	go func() {
+		defer h.settling.Done()
+		ok, err := h.resolve(h.stop, msg.Room, msg.ID)
+		switch {
+		case err != nil:
+			h.log.Error("relay publish outcome not settled before shutdown", "room", msg.Room, "id", msg.ID, "err", err)
+			h.sink.Cancel()
+		case ok:
+			h.seeID(msg.ID)
+			h.sink.Commit(msg)
+			h.stats.messagesIn.Add(1)
+			h.log.Warn("relay publish settled late: accepted, stored", "room", msg.Room, "id", msg.ID)
+		default:
+			h.sink.Cancel()
+			h.log.Info("relay publish settled late: not accepted", "room", msg.Room, "id", msg.ID)
+		}
+		h.sessMu.Lock()
+		h.unsettled--
+		h.sessMu.Unlock()
+	}()
+	return true
+}
+
 // newMessageID returns a new UUIDv7, greater than after when after is set.
 // When the clock has not passed after (a concurrent publisher, or another
-// node whose clock runs ahead), it returns after's successor: the same
-// millisecond, the next value of the random bits.
+// node whose clock runs ahead), it returns an id of after's millisecond
+// whose random bits are after's plus a random step.
 func newMessageID(after string) (string, error) {
 	id, err := uuid.NewV7()
 	if err != nil {
@@ -679,21 +742,17 @@ func newMessageID(after string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("chat: room's last id %q: %w", after, err)
 	}
-	// Increment the 62 random bits of rand_b (bytes 8-15 below the two
-	// variant bits); a carry out of them is astronomically unlikely.
-	for i := 15; i >= 8; i-- {
-		if i == 8 {
-			if last[8]&0x3f == 0x3f {
-				return "", errors.New("chat: message id space of this millisecond exhausted")
-			}
-			last[8]++
-			break
-		}
-		last[i]++
-		if last[i] != 0 {
-			break
-		}
+	// Step the 62 random bits of rand_b (bytes 8-15 below the two variant
+	// bits) forward by a random amount, not by one: publishers of other
+	// rooms (and other nodes) stepping from the same id must not land on
+	// the same id, which would be one primary key for two messages.
+	const mask = 1<<62 - 1
+	v := binary.BigEndian.Uint64(last[8:])
+	low := v&mask + 1 + rand.Uint64N(1<<32)
+	if low > mask {
+		return "", errors.New("chat: message id space of this millisecond exhausted")
 	}
+	binary.BigEndian.PutUint64(last[8:], v&^mask|low)
 	return last.String(), nil
 }
 
@@ -802,6 +861,23 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		h.sessMu.Unlock()
 		<-done
 	}
+	// Background settling gets a moment (Redis may be down: it would take
+	// forever), then is cut off; the messages stay in their logs, see
+	// settleLater.
+	settled := make(chan struct{})
+	go func() {
+		h.settling.Wait()
+		close(settled)
+	}()
+	grace := time.NewTimer(settleGrace)
+	select {
+	case <-settled:
+	case <-ctx.Done():
+	case <-grace.C:
+	}
+	grace.Stop()
+	h.stopAll()
+	<-settled
 	// The leaves of the closed connections reach the other nodes now.
 	h.presenceDiffs.close()
 	return ctx.Err()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -172,6 +174,9 @@ type faultyBroker struct {
 	*MemoryBroker
 	publishFirst bool
 	resolves     int
+	// unknownUntil, when set, makes every Resolve fail until then.
+	unknownUntil time.Time
+	mu           sync.Mutex
 }
 
 var errTimeout = errors.New("i/o timeout")
@@ -189,8 +194,11 @@ func (b *faultyBroker) Publish(ctx context.Context, room, id string, data []byte
 }
 
 func (b *faultyBroker) Resolve(ctx context.Context, room, id string) (bool, error) {
+	b.mu.Lock()
 	b.resolves++
-	if b.resolves == 1 {
+	n, until := b.resolves, b.unknownUntil
+	b.mu.Unlock()
+	if n == 1 || time.Now().Before(until) {
 		return false, errTimeout // still unknown: tried again
 	}
 	return b.MemoryBroker.Resolve(ctx, room, id)
@@ -211,10 +219,10 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 		m, err := h.publish(ctx, r, "s", "hi")
 		delivered := newMsgEvents(frames(t, s))
 		switch {
-		case accepted && (err != nil || len(delivered) != 1 || delivered[0] != m.ID || sink.committed != 1):
-			t.Fatalf("accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed)
-		case !accepted && (err == nil || len(delivered) != 0 || sink.committed != 0 || sink.cancelled != 1):
-			t.Fatalf("not accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed)
+		case accepted && (err != nil || len(delivered) != 1 || delivered[0] != m.ID || sink.committed.Load() != 1):
+			t.Fatalf("accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed.Load())
+		case !accepted && (err == nil || len(delivered) != 0 || sink.committed.Load() != 0 || sink.cancelled.Load() != 1):
+			t.Fatalf("not accepted: err %v, delivered %v, stored %d", err, delivered, sink.committed.Load())
 		}
 		if fb.resolves != 2 {
 			t.Fatalf("%d resolves, want 2 (one failed)", fb.resolves)
@@ -222,8 +230,51 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 	}
 }
 
-type countingSink struct{ committed, cancelled int }
+// An outcome still unknown when the sender must be answered is answered
+// "outcome unknown" and settled in the background: the accepted message
+// is then stored, a refused one's place given back.
+func TestPublishSettledLate(t *testing.T) {
+	for _, accepted := range []bool{true, false} {
+		var fb *faultyBroker
+		sink := &countingSink{}
+		h, err := NewHub(Config{RelayTimeout: 50 * time.Millisecond, ResolveTimeout: 200 * time.Millisecond},
+			Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
+				fb = &faultyBroker{MemoryBroker: NewMemoryBroker(hd), publishFirst: accepted,
+					unknownUntil: time.Now().Add(600 * time.Millisecond)}
+				return fb
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := newTestSession(h, "s")
+		r, _, err := h.join(context.Background(), s, "lobby", "1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.publish(context.Background(), r, "s", "hi"); err != ErrOutcomeUnknown {
+			t.Fatalf("publish with Redis silent past ResolveTimeout: %v, want %v", err, ErrOutcomeUnknown)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for sink.committed.Load()+sink.cancelled.Load() == 0 {
+			if time.Now().After(deadline) {
+				t.Fatal("never settled")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		if accepted && (sink.committed.Load() != 1 || sink.cancelled.Load() != 0) {
+			t.Fatalf("accepted: committed %d, cancelled %d", sink.committed.Load(), sink.cancelled.Load())
+		}
+		if !accepted && (sink.committed.Load() != 0 || sink.cancelled.Load() != 1) {
+			t.Fatalf("not accepted: committed %d, cancelled %d", sink.committed.Load(), sink.cancelled.Load())
+		}
+		if err := h.Shutdown(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type countingSink struct{ committed, cancelled atomic.Int64 }
 
 func (c *countingSink) Reserve() error { return nil }
-func (c *countingSink) Commit(Message) { c.committed++ }
-func (c *countingSink) Cancel()        { c.cancelled++ }
+func (c *countingSink) Commit(Message) { c.committed.Add(1) }
+func (c *countingSink) Cancel()        { c.cancelled.Add(1) }

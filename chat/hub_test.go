@@ -135,20 +135,27 @@ func TestNewMessageIDSuccessor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// An id from the future: the next id must still be greater.
-	future := "ffffffff-ffff-7fff-bfff-fffffffffffe"
-	b, err := newMessageID(future)
-	if err != nil || b <= future {
-		t.Fatalf("successor of %s = %s, %v", future, b, err)
+	// An id from the future: the next id must still be greater, in the
+	// same millisecond, a random step ahead.
+	future := "ffffffff-ffff-7fff-8000-00000000000e"
+	seen := map[string]bool{}
+	for range 100 {
+		b, err := newMessageID(future)
+		if err != nil || b <= future || b[:19] != future[:19] {
+			t.Fatalf("successor of %s = %s, %v", future, b, err)
+		}
+		seen[b] = true
 	}
-	if b != "ffffffff-ffff-7fff-bfff-ffffffffffff" {
-		t.Fatalf("successor = %s", b)
+	// Publishers stepping from the same id (other rooms, other nodes) do
+	// not land on one id.
+	if len(seen) < 99 {
+		t.Fatalf("100 successors of one id gave only %d different ids", len(seen))
 	}
 	carry, err := newMessageID("ffffffff-ffff-7fff-80ff-ffffffffffff")
-	if err != nil || carry != "ffffffff-ffff-7fff-8100-000000000000" {
+	if err != nil || carry <= "ffffffff-ffff-7fff-8100-000000000000" || carry[:19] != "ffffffff-ffff-7fff-" {
 		t.Fatalf("carry successor = %s, %v", carry, err)
 	}
-	if _, err := newMessageID(future[:35] + "f"); err == nil {
+	if _, err := newMessageID("ffffffff-ffff-7fff-bfff-fffffffffffe"); err == nil {
 		// ...-bfff-ffffffffffff is the last id of its millisecond.
 		t.Fatal("exhausted id space not reported")
 	}

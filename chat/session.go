@@ -243,6 +243,11 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		s.enqueue(EncodeError(f, ErrInvalidPayload))
 		return
 	}
+	if p.Since != nil {
+		// Ids are lowercase UUIDs and compare byte-wise.
+		since := strings.ToLower(*p.Since)
+		p.Since = &since
+	}
 	if !s.hub.rates.allow(ctx, s.user, "join", Rate{PerSecond: s.hub.cfg.JoinRate, Burst: s.hub.cfg.JoinBurst}) {
 		s.enqueue(EncodeError(f, ErrRateLimited))
 		return

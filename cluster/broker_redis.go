@@ -479,7 +479,7 @@ func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery)
 		}
 		stop = ms + "-0"
 	}
-	var sel, oldest *redis.XMessageSliceCmd
+	var sel, oldest, newest *redis.XMessageSliceCmd
 	var length *redis.IntCmd
 	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		// Newest first, one more than asked for: the extra one tells
@@ -487,6 +487,7 @@ func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery)
 		sel = p.XRevRangeN(ctx, key, "+", stop, int64(q.Limit+1))
 		length = p.XLen(ctx, key)
 		oldest = p.XRangeN(ctx, key, "-", "+", 1)
+		newest = p.XRevRangeN(ctx, key, "+", "-", 1)
 		return nil
 	})
 	if err != nil {
@@ -496,6 +497,9 @@ func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery)
 	r.Full = r.Len >= b.cfg.LogLength
 	if o := oldest.Val(); len(o) > 0 {
 		r.Oldest, _ = o[0].Values["i"].(string)
+	}
+	if n := newest.Val(); len(n) > 0 {
+		r.Newest, _ = n[0].Values["i"].(string)
 	}
 	for _, m := range sel.Val() {
 		id, _ := m.Values["i"].(string)
@@ -527,7 +531,9 @@ func (b *RedisBroker) TakeOver(ctx context.Context, node string, fn func(room st
 	if b.isClosed.Load() {
 		return 0, ErrBrokerClosed
 	}
-	rooms, err := b.client.ZRange(ctx, b.prefix+":node-rooms:{"+node+"}", 0, -1).Result()
+	// The most recently written rooms first: they are the likeliest to
+	// hold messages not stored yet, should ctx end half-way.
+	rooms, err := b.client.ZRevRange(ctx, b.prefix+":node-rooms:{"+node+"}", 0, -1).Result()
 	if err != nil {
 		return 0, fmt.Errorf("cluster: redis take over node %s: %w", node, err)
 	}

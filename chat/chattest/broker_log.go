@@ -73,6 +73,9 @@ func testLogRead(t *testing.T, newNode NewBrokerNode) {
 	if got := entryIDs(r.Entries); !slices.Equal(got, ids[6:]) || !r.More || r.Len != 10 || r.Oldest != ids[0] || r.Full {
 		t.Fatalf("newest 4: ids %v More %v Len %d Oldest %s Full %v; want %v, true, 10, %s, false", got, r.More, r.Len, r.Oldest, r.Full, ids[6:], ids[0])
 	}
+	if r.Newest != ids[9] {
+		t.Fatalf("Newest = %s, want %s", r.Newest, ids[9])
+	}
 	if string(r.Entries[3].Data) != string(data[9]) {
 		t.Fatalf("entry data %q, want %q", r.Entries[3].Data, data[9])
 	}

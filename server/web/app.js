@@ -56,6 +56,7 @@ function reasonText(reason) {
     case "body too long": return "Message too long: not sent. Shorten it and try again.";
     case "overloaded": return "The server is overloaded: your message was not sent. Try again in a moment.";
     case "unavailable": return "Chat is temporarily unavailable: not sent. Try again shortly.";
+    case "outcome unknown": return "The server did not answer in time: the message may still appear. Check before sending it again.";
     case "too many channels joined": return "You have joined too many rooms: leave one first.";
     case "unmatched topic": return "That room name is not valid.";
     case "invalid payload": return "The server rejected the message as invalid.";
@@ -325,7 +326,13 @@ function sendMessage(input) {
   input.value = "";
   const restore = () => { if (input.value === "") input.value = body; };
   room.channel.push("new_msg", { body })
-    .receive("error", (resp) => { showError(reasonText(resp && resp.reason)); restore(); })
+    .receive("error", (resp) => {
+      const reason = resp && resp.reason;
+      showError(reasonText(reason));
+      // An unknown outcome may still be delivered: the text is not given
+      // back, so that it is not sent twice.
+      if (reason !== "outcome unknown") restore();
+    })
     .receive("timeout", () => { showError("No answer from the server: the message may not have been sent."); restore(); });
 }
 
