@@ -179,6 +179,17 @@ type Hub struct {
 	idMu  sync.Mutex
 	maxID string
 
+	// The control channel (hub_control.go): its subscription loop, the
+	// goroutines closing disconnected users' connections, and the users
+	// disconnected recently (guarded by sessMu).
+	stopControlSub    context.CancelFunc
+	controlWG         sync.WaitGroup
+	controlSubscribed atomic.Bool
+	closers           sync.WaitGroup
+	kicks             map[string]kick
+	kickOrder         []kickRef
+	kickSeq           uint64
+
 	stats hubCounters
 }
 
@@ -330,6 +341,7 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 		seed:     maphash.MakeSeed(),
 		users:    make(map[string]*userState),
 		sessions: make(map[*Session]struct{}),
+		kicks:    make(map[string]kick),
 	}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
@@ -354,6 +366,9 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 	} else {
 		h.broker = NewMemoryBroker(h.deliver)
 	}
+	var controlCtx context.Context
+	controlCtx, h.stopControlSub = context.WithCancel(context.Background())
+	h.controlWG.Go(func() { h.subscribeControl(controlCtx) })
 	return h, nil
 }
 
@@ -399,6 +414,10 @@ func (h *Hub) shard(name string) *roomShard {
 // deliver is the broker handler: it hands data to every local member of
 // room, in the order deliveries arrive.
 func (h *Hub) deliver(name string, data []byte) {
+	if name == controlRoom {
+		h.handleControl(data)
+		return
+	}
 	sh := h.shard(name)
 	sh.mu.Lock()
 	r := sh.rooms[name]
@@ -785,10 +804,18 @@ type ConnInfo struct {
 	ID string
 	// UserID is the authenticated user.
 	UserID string
+	// AuthorizedAt is when the connection's token was checked. A
+	// connection checked before a Disconnect of its user reached this node
+	// is closed as it starts. Zero: no such check.
+	AuthorizedAt time.Time
 }
 
 // ErrDraining is returned by ServeConn once Shutdown has begun.
 var ErrDraining = errors.New("chat: node is draining")
+
+// ErrDisconnected is returned by ServeConn for a connection whose user was
+// disconnected after its token was checked (see ConnInfo.AuthorizedAt).
+var ErrDisconnected = errors.New("chat: user disconnected")
 
 // ServeConn runs the protocol on conn until the connection ends, the
 // context is cancelled or the hub shuts down. It owns conn and closes it.
@@ -800,6 +827,12 @@ func (h *Hub) ServeConn(ctx context.Context, conn *ws.Conn, info ConnInfo) error
 		conn.Close(ws.StatusGoingAway, "server shutting down")
 		conn.CloseNow()
 		return ErrDraining
+	}
+	if k, ok := h.kickedLocked(info); ok {
+		h.sessMu.Unlock()
+		conn.Close(k.code, k.reason)
+		conn.CloseNow()
+		return ErrDisconnected
 	}
 	h.sessions[s] = struct{}{}
 	h.sessWG.Add(1)
@@ -878,6 +911,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	grace.Stop()
 	h.stopAll()
 	<-settled
+	h.stopControl()
 	// The leaves of the closed connections reach the other nodes now.
 	h.presenceDiffs.close()
 	return ctx.Err()

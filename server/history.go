@@ -81,13 +81,15 @@ func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (string, boo
 		writeError(w, http.StatusUnauthorized, "unauthorized", "an Authorization: Bearer <token> header is required")
 		return "", false
 	}
-	user, err := ParseToken(s.secret, strings.TrimSpace(token))
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="chatd", error="invalid_token"`)
-		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+	claims, aerr := s.authorize(r.Context(), strings.TrimSpace(token))
+	if aerr != nil {
+		if aerr.status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="chatd", error="invalid_token"`)
+		}
+		writeError(w, aerr.status, aerr.code, aerr.reason)
 		return "", false
 	}
-	return user, true
+	return claims.User, true
 }
 
 // handlePresence serves GET /api/rooms/{room}/presence: who is online in

@@ -51,6 +51,15 @@ type Config struct {
 	// X-Forwarded-For / X-Real-IP give the client address in logs and
 	// ClientIP. Empty: the direct peer is the client.
 	TrustedProxies []string
+	// APIKey opens the server API for backends (POST
+	// /api/users/{user}/disconnect) to bearers of it. Empty: the API
+	// answers 404.
+	APIKey string
+	// MaxTokenTTL is the longest lifetime (exp - iat) of a client token
+	// the server accepts; tokens without iat are refused too. It bounds
+	// how long a revocation must be remembered (RevocationTTL). Zero:
+	// DefaultMaxTokenTTL (24 h).
+	MaxTokenTTL time.Duration
 }
 
 // Check is one shared dependency (database, Redis), checked by
@@ -79,6 +88,12 @@ type Options struct {
 	Metrics *Metrics
 	// Logger receives access and connection logs. Nil: discard.
 	Logger *slog.Logger
+	// Revocations remembers revoked tokens (POST
+	// /api/users/{user}/disconnect with revoke) and is checked on every
+	// token. It must remember a revocation for at least
+	// RevocationTTL(MaxTokenTTL). Nil: a MemoryRevocations, right for a
+	// single node.
+	Revocations chat.Revocations
 }
 
 // Server serves chatd's HTTP routes.
@@ -95,6 +110,8 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	proxies *TrustedProxies
+	// revocations is checked on every client token.
+	revocations chat.Revocations
 	// wsBufs lends the connections their write buffers.
 	wsBufs ws.BufferPool
 
@@ -125,6 +142,15 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if cfg.ReadyTimeout == 0 {
 		cfg.ReadyTimeout = 2 * time.Second
 	}
+	if cfg.MaxTokenTTL == 0 {
+		cfg.MaxTokenTTL = DefaultMaxTokenTTL
+	}
+	if cfg.MaxTokenTTL < 0 {
+		return nil, errors.New("server: MaxTokenTTL must not be negative")
+	}
+	if cfg.DevTokenTTL > cfg.MaxTokenTTL {
+		cfg.DevTokenTTL = cfg.MaxTokenTTL
+	}
 	for _, p := range cfg.AllowedOrigins {
 		if _, err := path.Match(p, ""); err != nil {
 			return nil, fmt.Errorf("server: allowed origin %q: %w", p, err)
@@ -143,6 +169,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		log:     opts.Logger,
 		mux:     http.NewServeMux(),
 
+		revocations: opts.Revocations,
+
 		bodyTimeout: 30 * time.Second,
 	}
 	if s.log == nil {
@@ -150,6 +178,13 @@ func New(cfg Config, opts Options) (*Server, error) {
 	}
 	if s.devMode {
 		s.secret = []byte(DevSecret)
+	}
+	if s.revocations == nil {
+		mem, err := chat.NewMemoryRevocations(chat.MemoryRevocationsConfig{TTL: RevocationTTL(cfg.MaxTokenTTL)})
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		s.revocations = mem
 	}
 	if s.metrics == nil {
 		s.metrics = NewMetrics(opts.Hub.Config().NodeName)
@@ -186,6 +221,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
 	s.mux.HandleFunc("GET /api/rooms/{room}/presence", s.handlePresence)
+	s.mux.HandleFunc("POST /api/users/{user}/disconnect", s.handleDisconnect)
 	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
 	s.mux.HandleFunc("GET /metrics", s.opsOnly(s.handleMetrics().ServeHTTP))
 	s.pprofRoutes()
@@ -415,13 +451,19 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "draining", "this node is shutting down; reconnect to another")
 		return
 	}
-	user, err := ParseToken(s.secret, q.Get("token"))
-	if err != nil {
-		log().Info("connection refused", "reason", "auth", "err", err)
-		s.metrics.refuse(RefusedAuth)
-		writeError(w, http.StatusUnauthorized, "unauthorized", err.Error())
+	authorizedAt := time.Now()
+	claims, aerr := s.authorize(r.Context(), q.Get("token"))
+	if aerr != nil {
+		log().Info("connection refused", "reason", "auth", "err", aerr)
+		if aerr.status == http.StatusServiceUnavailable {
+			s.metrics.refuse(RefusedUnavailable)
+		} else {
+			s.metrics.refuse(RefusedAuth)
+		}
+		writeError(w, aerr.status, aerr.code, aerr.reason)
 		return
 	}
+	user := claims.User
 	if !s.originAllowed(r) {
 		log().Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
 		s.metrics.refuse(RefusedOrigin)
@@ -472,7 +514,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.conns.Done()
 		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt})
 		log().Info("disconnected", "user_id", user, "err", err)
 	}()
 }

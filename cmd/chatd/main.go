@@ -102,7 +102,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 	var user, secret string
 	var ttl time.Duration
 	fs.StringVar(&user, "user", "", "user id (the token's sub)")
-	fs.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token is valid")
+	fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
 	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
 	if err := f.parse(args); err != nil {
 		return err
@@ -114,6 +114,9 @@ func token(args []string, stdout, stderr io.Writer) error {
 	if len(key) == 0 {
 		fmt.Fprintln(stderr, "chatd token: no CHAT_JWT_SECRET set; signing a DEV MODE token")
 		key = []byte(server.DevSecret)
+	}
+	if ttl > server.DefaultMaxTokenTTL {
+		fmt.Fprintf(stderr, "chatd token: a token living %s is refused by servers whose CHAT_MAX_TOKEN_TTL is shorter (default %s)\n", ttl, server.DefaultMaxTokenTTL)
 	}
 	tok, err := server.MintToken(key, user, ttl)
 	if err != nil {

@@ -26,6 +26,8 @@ type serveConfig struct {
 	readLimit, joinBurst                        int
 	userRate, joinRate                          float64
 	shutdownWait, drainDelay                    time.Duration
+	apiKey                                      string
+	maxTokenTTL                                 time.Duration
 
 	dbURL                         string
 	migrate                       bool
@@ -58,6 +60,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
 	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
+	f.stringVar(&c.apiKey, "api-key", "CHAT_API_KEY", "", "bearer key of the server API for backends (POST /api/users/{user}/disconnect); empty: the API is off")
+	f.durationVar(&c.maxTokenTTL, "max-token-ttl", "CHAT_MAX_TOKEN_TTL", server.DefaultMaxTokenTTL, "longest lifetime (exp - iat) of a client token accepted; revocations are kept this long plus a minute")
 	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
 	f.durationVar(&c.drainDelay, "drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
 	f.stringVar(&c.dbURL, "database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
@@ -88,6 +92,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, errors.New("serve: read-limit must be at least 1024 bytes")
 	case c.shutdownWait <= 0:
 		return nil, errors.New("serve: shutdown-timeout must be positive")
+	case c.maxTokenTTL <= 0:
+		return nil, errors.New("serve: max-token-ttl must be positive")
 	}
 	if c.nodeName == "" {
 		c.nodeName = "chatd"
@@ -336,6 +342,21 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")
 	}
 
+	// Revoked tokens are refused on every node: with Redis, the
+	// revocations live there for as long as a revoked token can; on a
+	// single node, the server keeps them in memory.
+	var revocations chat.Revocations
+	if c.redisURL != "" {
+		redisRevocations, err := cluster.NewRedisRevocations(cluster.RedisRevocationsConfig{
+			URL: c.redisURL, TTL: server.RevocationTTL(c.maxTokenTTL), Logger: log,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		closers = append(closers, closer{"revocations", func(context.Context) error { return redisRevocations.Close() }})
+		revocations = redisRevocations
+	}
+
 	sources := server.MetricsSources{Writer: writer.Stats}
 	if redisBroker != nil {
 		sources.Relay = redisBroker.Stats
@@ -355,6 +376,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AdminToken:     c.adminToken,
 		DrainDelay:     c.drainDelay,
 		TrustedProxies: splitList(c.trustedProxies),
+		APIKey:         c.apiKey,
+		MaxTokenTTL:    c.maxTokenTTL,
 	}, server.Options{
 		Hub:      hub,
 		Limiter:  limiter,
@@ -363,6 +386,8 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		Checks:   checks,
 		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
 		Metrics:  metrics,
+
+		Revocations: revocations,
 	})
 	if err != nil {
 		return fail(err)

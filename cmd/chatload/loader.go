@@ -88,9 +88,13 @@ func (l *loader) token(user string) (string, error) {
 	if secret == "" {
 		secret = devSecret
 	}
+	// chatd refuses tokens without iat, or living longer than its
+	// CHAT_MAX_TOKEN_TTL (24 h by default).
+	now := time.Now()
 	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
 		Subject:   user,
-		ExpiresAt: jwt.NewNumericDate(time.Now().Add(2 * time.Hour)),
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(2 * time.Hour)),
 	}).SignedString([]byte(secret))
 }
 
