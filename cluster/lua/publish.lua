@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  the room's log, a stream of {i = message id, n = node, d = frame}
 -- KEYS[2]  the fence of this message id (set by resolve.lua)
+-- KEYS[3]  the room's deleted messages (delete.lua), kept as long as the log
 -- ARGV[1]  message id; empty for a frame that is relayed, not logged
 -- ARGV[2]  the frame
 -- ARGV[3]  the room's pub/sub channel
@@ -44,6 +45,7 @@ if id ~= '' then
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[7] .. '-*', 'i', id, 'n', ARGV[6], 'd', ARGV[2])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])
 return {1}
