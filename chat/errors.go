@@ -33,6 +33,11 @@ var (
 	// ErrUnavailable: the message could not be relayed to the room; it was
 	// not delivered and the sender may retry.
 	ErrUnavailable = &Error{Reason: "unavailable"}
+	// ErrUnauthorized: the user may not do that (delete another user's
+	// message).
+	ErrUnauthorized = &Error{Reason: "unauthorized"}
+	// ErrNotFound: no such message in the room (or it was deleted).
+	ErrNotFound = &Error{Reason: "not found"}
 	// ErrTooManyConnections: the user holds as many connections as allowed.
 	ErrTooManyConnections = &Error{Reason: "too many connections"}
 )

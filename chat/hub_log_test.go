@@ -74,7 +74,7 @@ func TestJoinSinceReadsTheLog(t *testing.T) {
 	}
 	var ids []string
 	for range 5 {
-		m, err := h.publish(ctx, r, "pub", "hi")
+		m, err := h.publish(ctx, r.name, "pub", "hi")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -114,7 +114,7 @@ func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 	}
 	h.Resync() // an errored channel is told once
 	r := a.channels["room:lobby"].room
-	if _, err := h.publish(ctx, r, "b", "missed"); err != nil {
+	if _, err := h.publish(ctx, r.name, "b", "missed"); err != nil {
 		t.Fatal(err)
 	}
 	if ids := newMsgEvents(frames(t, a)); len(ids) != 0 {
@@ -128,7 +128,7 @@ func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 	}
 	joinReply(t, a, "room:lobby", "3", `{}`)
 	r = a.channels["room:lobby"].room
-	m, err := h.publish(ctx, r, "b", "after")
+	m, err := h.publish(ctx, r.name, "b", "after")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +157,7 @@ func TestIDsAfterTheHighestSeen(t *testing.T) {
 		ahead[i] = byte(ms >> (40 - 8*i))
 	}
 	h.deliver("lobby", EncodeMessage("room:lobby", Message{ID: ahead.String(), Room: "lobby", UserID: "x", Body: "b"}))
-	m, err := h.publish(ctx, r, "s", "later")
+	m, err := h.publish(ctx, r.name, "s", "later")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := h.publish(ctx, r, "s", "hi")
+		m, err := h.publish(ctx, r.name, "s", "hi")
 		delivered := newMsgEvents(frames(t, s))
 		switch {
 		case accepted && (err != nil || len(delivered) != 1 || delivered[0] != m.ID || sink.committed != 1):
