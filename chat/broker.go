@@ -50,6 +50,15 @@ type Broker interface {
 	// least the newest MaxRecover+1 messages of a room that was written to
 	// recently; older ones may have been dropped.
 	ReadLog(ctx context.Context, room string, q LogQuery) (LogRead, error)
+	// Delete takes message id of room down, and publishes data (the
+	// msg_deleted frame) to room as Publish does a frame without an id,
+	// in one atomic step: no ReadLog that follows returns the message,
+	// on any node, for as long as the log holds it. It reports whether
+	// the log held the message (deleted before or not); a message the log
+	// does not hold is not recorded, but data is published all the same.
+	// Deleting a message again is harmless. An error leaves the outcome
+	// unknown; Delete may be called again.
+	Delete(ctx context.Context, room, id string, data []byte) (bool, error)
 	// Subscribe starts delivery of room's publications to this node's
 	// handler. Publications accepted after Subscribe returns are delivered.
 	// Calls are counted: each Subscribe is undone by one Unsubscribe.
@@ -70,22 +79,29 @@ type LogQuery struct {
 	// selects the room's newest messages.
 	After string
 	// Limit is the most messages returned: when more are selected, the
-	// newest Limit are, and LogRead.More is set. It must be positive.
+	// newest Limit are, and LogRead.More is set. It must be positive,
+	// unless ID is set.
 	Limit int
+	// ID, when set, selects the one message with that id (After and
+	// Limit are ignored): Entries holds it unless it was deleted, and
+	// Found reports that the log holds it, deleted or not.
+	ID string
 }
 
 // LogRead is what ReadLog found, read in one atomic step.
 type LogRead struct {
-	// Entries are the selected messages, oldest first.
+	// Entries are the selected messages, oldest first. Deleted messages
+	// are never selected.
 	Entries []LogEntry
 	// More reports that more messages were selected than Limit.
 	More bool
-	// Found reports that After is a message of the log.
+	// Found reports that After (or ID) is a message of the log, deleted
+	// or not.
 	Found bool
-	// Len is how many messages the log holds.
+	// Len is how many messages the log holds, deleted ones included.
 	Len int
-	// Oldest is the id of the oldest message the log holds, empty when it
-	// holds none.
+	// Oldest is the id of the oldest message the log holds (deleted or
+	// not), empty when it holds none.
 	Oldest string
 	// Newest is the id of the newest message the log holds, empty when it
 	// holds none: every message accepted after the read has a greater id.

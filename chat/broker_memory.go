@@ -77,6 +77,9 @@ type memoryLog struct {
 	head    int
 	elem    *list.Element
 	counted int // entries counted in the broker's total
+	// deleted holds the ids of the entries taken down (Delete); an id
+	// leaves it with its entry.
+	deleted map[string]struct{}
 }
 
 func (l *memoryLog) len() int { return len(l.entries) }
@@ -148,6 +151,7 @@ func (b *MemoryBroker) appendLocked(l *memoryLog, e LogEntry) (victims []*memory
 	if len(l.entries) < b.cfg.LogLength {
 		l.entries = append(l.entries, e)
 	} else {
+		delete(l.deleted, l.entries[l.head].ID)
 		l.entries[l.head] = e
 		l.head = (l.head + 1) % len(l.entries)
 	}
@@ -227,20 +231,20 @@ func (b *MemoryBroker) ReadLog(_ context.Context, room string, q LogQuery) (LogR
 	for i := range n {
 		entries[i] = l.at(i)
 	}
-	return selectLog(entries, q, n >= b.cfg.LogLength), nil
+	return selectLog(entries, q, n >= b.cfg.LogLength, l.deleted), nil
 }
 
 // selectLog answers q from a whole log, oldest first; full tells whether
-// the log holds as many messages as it keeps.
-func selectLog(log []LogEntry, q LogQuery, full bool) LogRead {
+// the log holds as many messages as it keeps, and deleted names the
+// entries taken down.
+func selectLog(log []LogEntry, q LogQuery, full bool, deleted map[string]struct{}) LogRead {
 	r := LogRead{Len: len(log), Full: full}
 	if len(log) == 0 {
 		return r
 	}
 	r.Oldest, r.Newest = log[0].ID, log[len(log)-1].ID
-	from := 0
-	if q.After != "" {
-		i, found := slices.BinarySearchFunc(log, q.After, func(e LogEntry, id string) int {
+	search := func(id string) (int, bool) {
+		return slices.BinarySearchFunc(log, id, func(e LogEntry, id string) int {
 			switch {
 			case e.ID < id:
 				return -1
@@ -249,19 +253,67 @@ func selectLog(log []LogEntry, q LogQuery, full bool) LogRead {
 			}
 			return 0
 		})
+	}
+	if q.ID != "" {
+		i, found := search(q.ID)
+		r.Found = found
+		if _, gone := deleted[q.ID]; found && !gone {
+			r.Entries = []LogEntry{log[i]}
+		}
+		return r
+	}
+	from := 0
+	if q.After != "" {
+		i, found := search(q.After)
 		r.Found = found
 		from = i
 		if found {
 			from++
 		}
 	}
-	sel := log[from:]
+	var sel []LogEntry
+	for _, e := range log[from:] {
+		if _, gone := deleted[e.ID]; !gone {
+			sel = append(sel, e)
+		}
+	}
 	if len(sel) > q.Limit {
 		sel = sel[len(sel)-q.Limit:]
 		r.More = true
 	}
-	r.Entries = slices.Clone(sel)
+	r.Entries = sel
 	return r
+}
+
+// Delete implements Broker: the id is recorded in the room's log when the
+// log holds it, and data is delivered, under the room's lock.
+func (b *MemoryBroker) Delete(_ context.Context, room, id string, data []byte) (bool, error) {
+	sh := b.shard(room)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	held := false
+	if l := sh.logs[room]; l != nil {
+		for i := l.len() - 1; i >= 0; i-- {
+			e := l.at(i)
+			if e.ID == id {
+				held = true
+				break
+			}
+			if e.ID < id {
+				break
+			}
+		}
+		if held {
+			if l.deleted == nil {
+				l.deleted = make(map[string]struct{})
+			}
+			l.deleted[id] = struct{}{}
+		}
+	}
+	if sh.subs[room] > 0 {
+		b.handler(room, data)
+	}
+	return held, nil
 }
 
 // Subscribe implements Broker.

@@ -38,6 +38,11 @@ var (
 	// (and then it is stored); a client finds out by rejoining with since
 	// rather than by sending it again.
 	ErrOutcomeUnknown = &Error{Reason: "outcome unknown"}
+	// ErrUnauthorized: the user may not do that (delete another user's
+	// message).
+	ErrUnauthorized = &Error{Reason: "unauthorized"}
+	// ErrNotFound: no such message in the room (or it was deleted).
+	ErrNotFound = &Error{Reason: "not found"}
 	// ErrTooManyConnections: the user holds as many connections as allowed.
 	ErrTooManyConnections = &Error{Reason: "too many connections"}
 )

@@ -606,12 +606,12 @@ func (h *Hub) Resync() {
 // its room's next place to concurrent publishers.
 const publishAttempts = 8
 
-// publish accepts a message from user to r: a place in the persistence
+// publish accepts a message from user to room: a place in the persistence
 // queue is reserved, the message is appended to the room's log and
 // published, with an id greater than every earlier message of the room,
 // then handed to the sink. On error the message is not in the log: no one
 // receives it and it is not stored.
-func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message, error) {
+func (h *Hub) publish(ctx context.Context, room, user, body string) (Message, error) {
 	if err := h.sink.Reserve(); err != nil {
 		return Message{}, err
 	}
@@ -621,7 +621,8 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 			h.sink.Cancel()
 		}
 	}()
-	msg := Message{Room: r.name, UserID: user, Body: body}
+	msg := Message{Room: room, UserID: user, Body: body}
+	topic := RoomPrefix + room
 	after := h.lastSeenID()
 	start := time.Now()
 	for attempt := 1; ; attempt++ {
@@ -631,9 +632,9 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 		}
 		msg.ID = id
 		msg.InsertedAt = time.Now().UTC().Truncate(time.Microsecond)
-		data := EncodeMessage(r.topic, msg)
+		data := EncodeMessage(topic, msg)
 		pctx, cancel := context.WithTimeout(ctx, h.cfg.RelayTimeout)
-		err = h.broker.Publish(pctx, r.name, msg.ID, data)
+		err = h.broker.Publish(pctx, room, msg.ID, data)
 		cancel()
 		var ooe *OutOfOrderError
 		if errors.As(err, &ooe) {
@@ -645,13 +646,13 @@ func (h *Hub) publish(ctx context.Context, r *room, user, body string) (Message,
 			return Message{}, ErrUnavailable
 		}
 		if errors.Is(err, ErrNotPublished) {
-			h.log.Warn("relay publish failed", "room", r.name, "err", err)
+			h.log.Warn("relay publish failed", "room", room, "err", err)
 			return Message{}, ErrUnavailable
 		}
 		if err != nil {
-			h.log.Warn("relay publish outcome unknown; resolving it against the room's log", "room", r.name, "id", msg.ID, "err", err)
+			h.log.Warn("relay publish outcome unknown; resolving it against the room's log", "room", room, "id", msg.ID, "err", err)
 			rctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), start.Add(h.cfg.ResolveTimeout))
-			accepted, rerr := h.resolve(rctx, r.name, msg.ID)
+			accepted, rerr := h.resolve(rctx, room, msg.ID)
 			cancel()
 			if rerr != nil {
 				// The sender is answered now; the message is settled

@@ -84,7 +84,7 @@ func TestJoinSinceReadsTheLog(t *testing.T) {
 	ctx := context.Background()
 	var ids []string
 	for range 5 {
-		m, err := h.publish(ctx, r, "pub", "hi")
+		m, err := h.publish(ctx, r.name, "pub", "hi")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 	}
 	h.Resync() // an errored channel is told once
 	r := a.channels["room:lobby"].room
-	if _, err := h.publish(ctx, r, "b", "missed"); err != nil {
+	if _, err := h.publish(ctx, r.name, "b", "missed"); err != nil {
 		t.Fatal(err)
 	}
 	if ids := newMsgEvents(frames(t, a)); len(ids) != 0 {
@@ -138,7 +138,7 @@ func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 	}
 	joinReply(t, a, "room:lobby", "3", `{}`)
 	r = a.channels["room:lobby"].room
-	m, err := h.publish(ctx, r, "b", "after")
+	m, err := h.publish(ctx, r.name, "b", "after")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestIDsAfterTheHighestSeen(t *testing.T) {
 		ahead[i] = byte(ms >> (40 - 8*i))
 	}
 	h.deliver("lobby", EncodeMessage("room:lobby", Message{ID: ahead.String(), Room: "lobby", UserID: "x", Body: "b"}))
-	m, err := h.publish(ctx, r, "s", "later")
+	m, err := h.publish(ctx, r.name, "s", "later")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,7 +216,7 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 			return fb
 		}}, "s", "lobby")
 		ctx := context.Background()
-		m, err := h.publish(ctx, r, "s", "hi")
+		m, err := h.publish(ctx, r.name, "s", "hi")
 		delivered := newMsgEvents(frames(t, s))
 		switch {
 		case accepted && (err != nil || len(delivered) != 1 || delivered[0] != m.ID || sink.committed.Load() != 1):
@@ -251,7 +251,7 @@ func TestPublishSettledLate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := h.publish(context.Background(), r, "s", "hi"); err != ErrOutcomeUnknown {
+		if _, err := h.publish(context.Background(), r.name, "s", "hi"); err != ErrOutcomeUnknown {
 			t.Fatalf("publish with Redis silent past ResolveTimeout: %v, want %v", err, ErrOutcomeUnknown)
 		}
 		deadline := time.Now().Add(5 * time.Second)

@@ -39,7 +39,7 @@ func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
 	if ra != rb {
 		t.Fatal("two joins of one room made two rooms")
 	}
-	msg, err := h.publish(ctx, ra, "a", "hi")
+	msg, err := h.publish(ctx, ra.name, "a", "hi")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +118,7 @@ func BenchmarkFanout1000(b *testing.B) {
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
-		if _, err := h.publish(ctx, r, "u", "hello there, how is everyone doing today?"); err != nil {
+		if _, err := h.publish(ctx, r.name, "u", "hello there, how is everyone doing today?"); err != nil {
 			b.Fatal(err)
 		}
 		if i++; i%32 == 0 {

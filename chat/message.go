@@ -51,6 +51,19 @@ type History interface {
 	After(ctx context.Context, room, afterID string, limit int) (msgs []Message, found bool, err error)
 }
 
+// Eraser is an optional History capability: the store's part in taking a
+// message down.
+type Eraser interface {
+	// Message returns the stored message id of room; found is false when it
+	// is not stored, or was deleted.
+	Message(ctx context.Context, room, id string) (msg Message, found bool, err error)
+	// Erase stores the tombstone of msg, whether or not msg is stored yet:
+	// its row with the body blanked, marked deleted. History never returns
+	// it again, and a later insert of msg (a writer that still holds it)
+	// leaves the tombstone as it is. Erasing twice is harmless.
+	Erase(ctx context.Context, msg Message) error
+}
+
 // DiscardSink accepts every message and keeps none. It is the sink of a hub
 // that has no store configured (tests of the protocol alone).
 type DiscardSink struct{}

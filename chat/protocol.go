@@ -23,6 +23,11 @@ const (
 	EventError     = "phx_error"
 	EventHeartbeat = "heartbeat"
 	EventNewMsg    = "new_msg"
+	// EventDeleteMsg is a member's push deleting its own message, payload
+	// {"id": ...}; EventMsgDeleted tells a room's members that a message
+	// was taken down, payload {"id": ...}.
+	EventDeleteMsg  = "delete_msg"
+	EventMsgDeleted = "msg_deleted"
 
 	// TopicPhoenix is the socket's own topic (heartbeats).
 	TopicPhoenix = "phoenix"

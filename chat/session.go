@@ -8,7 +8,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/chatd/chatd/ws"
 )
@@ -157,7 +156,7 @@ func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 			s.enqueue(EncodeError(Frame{Topic: TopicPhoenix}, ErrInvalidFrame))
 			continue
 		}
-		if f.Event == EventJoin || f.Event == EventNewMsg {
+		if f.Event == EventJoin || f.Event == EventNewMsg || f.Event == EventDeleteMsg {
 			s.handleApart(ctx, f)
 		} else {
 			s.handle(ctx, f)
@@ -213,6 +212,8 @@ func (s *Session) handle(ctx context.Context, f Frame) {
 		s.enqueue(AppendFrame(nil, ch.joinRef, ch.joinRef, f.Topic, EventClose, emptyObject))
 	case EventNewMsg:
 		s.handleNewMsg(ctx, f, ch)
+	case EventDeleteMsg:
+		s.handleDeleteMsg(ctx, f, ch)
 	default:
 		s.enqueue(EncodeError(f, ErrUnknownEvent))
 	}
@@ -304,15 +305,12 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 	} else {
 		ok = false
 	}
-	// A NUL character can be neither stored (PostgreSQL text) nor shown.
-	if !ok || body == "" || strings.IndexByte(body, 0) >= 0 {
-		s.hub.countRefusal(ErrInvalidPayload)
-		s.enqueue(EncodeError(f, ErrInvalidPayload))
-		return
+	if !ok {
+		body = ""
 	}
-	if utf8.RuneCountInString(body) > s.hub.cfg.MaxBody {
-		s.hub.countRefusal(ErrBodyTooLong)
-		s.enqueue(EncodeError(f, ErrBodyTooLong))
+	if e := s.hub.checkBody(body); e != nil {
+		s.hub.countRefusal(e)
+		s.enqueue(EncodeError(f, e))
 		return
 	}
 	if !s.hub.rates.allow(ctx, s.user, "rate", Rate{PerSecond: s.hub.cfg.UserRate, Burst: s.hub.cfg.UserBurst}) {
@@ -325,7 +323,7 @@ func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
 		// reply could not be sent, so it is not published.
 		return
 	}
-	msg, err := s.hub.publish(ctx, ch.room, s.user, body)
+	msg, err := s.hub.publish(ctx, ch.room.name, s.user, body)
 	if err != nil {
 		ce := asChatError(err)
 		s.hub.countRefusal(ce)
@@ -581,4 +579,27 @@ func (s *Session) closeGracefully(code ws.StatusCode, reason string) {
 	s.markDone()
 	s.closeQueue()
 	s.conn.Close(code, reason)
+}
+
+// handleDeleteMsg answers delete_msg {"id"}: the author takes its own
+// message down (Hub.DeleteMessage); it counts against the user's message
+// rate.
+func (s *Session) handleDeleteMsg(ctx context.Context, f Frame, ch *channel) {
+	var p struct {
+		ID *string `json:"id"`
+	}
+	if !isObject(f.Payload) || json.Unmarshal(f.Payload, &p) != nil || p.ID == nil || *p.ID == "" {
+		s.enqueue(EncodeError(f, ErrInvalidPayload))
+		return
+	}
+	if !s.hub.rates.allow(ctx, s.user, "rate", Rate{PerSecond: s.hub.cfg.UserRate, Burst: s.hub.cfg.UserBurst}) {
+		s.hub.countRefusal(ErrRateLimited)
+		s.enqueue(EncodeError(f, ErrRateLimited))
+		return
+	}
+	if err := s.hub.DeleteMessage(ctx, ch.room.name, *p.ID, s.user); err != nil {
+		s.enqueue(EncodeError(f, asChatError(err)))
+		return
+	}
+	s.enqueue(EncodeReply(f, nil))
 }

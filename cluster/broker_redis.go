@@ -235,9 +235,12 @@ var (
 	publishLua string
 	//go:embed lua/resolve.lua
 	resolveLua string
+	//go:embed lua/delete.lua
+	deleteLua string
 
 	publishScript = redis.NewScript(publishLua)
 	resolveScript = redis.NewScript(resolveLua)
+	deleteScript  = redis.NewScript(deleteLua)
 )
 
 // indexRefresh is how often a node re-adds a room it publishes to to its
@@ -328,6 +331,9 @@ func (b *RedisBroker) channel(room string) string { return b.chanPrefix + "{" + 
 // logKey returns the key of room's log.
 func (b *RedisBroker) logKey(room string) string { return b.prefix + ":{" + room + "}:log" }
 
+// deletedKey returns the key of the set of room's deleted messages.
+func (b *RedisBroker) deletedKey(room string) string { return b.prefix + ":{" + room + "}:deleted" }
+
 // idMillis returns the millisecond timestamp of a UUIDv7 message id, the
 // first 48 bits: its log entry's stream id starts with it.
 func idMillis(id string) (string, error) {
@@ -375,7 +381,7 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
 		}
 	}
-	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room)},
+	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
 		id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms).Slice()
 	if err != nil {
 		b.publishErrors.Add(1)
@@ -461,64 +467,154 @@ func (b *RedisBroker) Resolve(ctx context.Context, room, id string) (bool, error
 	return n == 1, nil
 }
 
-// ReadLog implements chat.Broker: the selected messages, the log's length
-// and its oldest message are read in one MULTI/EXEC.
+// ReadLog implements chat.Broker: the selected messages, the log's length,
+// its oldest message and the deleted messages among the selected ones are
+// read in one MULTI/EXEC. When deleted messages leave fewer than asked for
+// in a selection that was cut short, it is read again, longer.
 func (b *RedisBroker) ReadLog(ctx context.Context, room string, q chat.LogQuery) (chat.LogRead, error) {
 	if b.isClosed.Load() {
 		return chat.LogRead{}, ErrBrokerClosed
 	}
+	if q.ID != "" {
+		return b.readLogID(ctx, room, q.ID)
+	}
 	if q.Limit <= 0 {
 		return chat.LogRead{}, errors.New("cluster: redis read log: Limit must be positive")
 	}
-	key := b.logKey(room)
-	stop := "-"
+	key, delKey := b.logKey(room), b.deletedKey(room)
+	stop, delMin := "-", "-"
 	if q.After != "" {
 		ms, err := idMillis(q.After)
 		if err != nil {
 			return chat.LogRead{}, err
 		}
-		stop = ms + "-0"
+		stop, delMin = ms+"-0", "("+q.After
 	}
-	var sel, oldest, newest *redis.XMessageSliceCmd
+	// Newest first, one more than asked for: the extra one tells whether
+	// more were selected.
+	count := q.Limit + 1
+	for {
+		var sel, oldest, newest *redis.XMessageSliceCmd
+		var length *redis.IntCmd
+		var deleted *redis.StringSliceCmd
+		_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			sel = p.XRevRangeN(ctx, key, "+", stop, int64(count))
+			length = p.XLen(ctx, key)
+			oldest = p.XRangeN(ctx, key, "-", "+", 1)
+			newest = p.XRevRangeN(ctx, key, "+", "-", 1)
+			deleted = p.ZRangeByLex(ctx, delKey, &redis.ZRangeBy{Min: delMin, Max: "+"})
+			return nil
+		})
+		if err != nil {
+			return chat.LogRead{}, fmt.Errorf("cluster: redis read log of room %s: %w", room, err)
+		}
+		r := chat.LogRead{Len: int(length.Val())}
+		r.Full = r.Len >= b.cfg.LogLength
+		if o := oldest.Val(); len(o) > 0 {
+			r.Oldest, _ = o[0].Values["i"].(string)
+		}
+		if n := newest.Val(); len(n) > 0 {
+			r.Newest, _ = n[0].Values["i"].(string)
+		}
+		gone := make(map[string]struct{}, len(deleted.Val()))
+		for _, id := range deleted.Val() {
+			gone[id] = struct{}{}
+		}
+		msgs := sel.Val()
+		ended := false // the selection reached After or the log's start
+		for _, m := range msgs {
+			id, _ := m.Values["i"].(string)
+			d, isMsg := m.Values["d"].(string)
+			if q.After != "" && id <= q.After {
+				r.Found = isMsg && id == q.After
+				ended = true
+				break
+			}
+			if _, ok := gone[id]; ok || !isMsg {
+				continue // deleted, or a fence
+			}
+			if len(r.Entries) == q.Limit {
+				r.More = true
+				ended = true
+				break
+			}
+			r.Entries = append(r.Entries, chat.LogEntry{ID: id, Data: []byte(d)})
+		}
+		if !ended && len(msgs) == count && len(gone) > 0 {
+			// Cut short by count, with deleted messages in it: read
+			// past them.
+			count = q.Limit + 1 + len(gone)
+			if count > len(msgs) {
+				continue
+			}
+		}
+		slices.Reverse(r.Entries)
+		return r, nil
+	}
+}
+
+// readLogID answers a LogQuery for one message id.
+func (b *RedisBroker) readLogID(ctx context.Context, room, id string) (chat.LogRead, error) {
+	ms, err := idMillis(id)
+	if err != nil {
+		return chat.LogRead{}, err
+	}
+	key := b.logKey(room)
+	var sel, oldest *redis.XMessageSliceCmd
 	var length *redis.IntCmd
-	_, err := b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		// Newest first, one more than asked for: the extra one tells
-		// whether more were selected.
-		sel = p.XRevRangeN(ctx, key, "+", stop, int64(q.Limit+1))
+	var deleted *redis.FloatCmd
+	_, err = b.client.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		sel = p.XRange(ctx, key, ms+"-0", ms+"-18446744073709551615")
 		length = p.XLen(ctx, key)
 		oldest = p.XRangeN(ctx, key, "-", "+", 1)
-		newest = p.XRevRangeN(ctx, key, "+", "-", 1)
+		deleted = p.ZScore(ctx, b.deletedKey(room), id)
 		return nil
 	})
-	if err != nil {
-		return chat.LogRead{}, fmt.Errorf("cluster: redis read log of room %s: %w", room, err)
+	if err != nil && !errors.Is(err, redis.Nil) || sel.Err() != nil {
+		return chat.LogRead{}, fmt.Errorf("cluster: redis read message %s of room %s: %w", id, room, errors.Join(sel.Err(), err))
 	}
 	r := chat.LogRead{Len: int(length.Val())}
 	r.Full = r.Len >= b.cfg.LogLength
 	if o := oldest.Val(); len(o) > 0 {
 		r.Oldest, _ = o[0].Values["i"].(string)
 	}
-	if n := newest.Val(); len(n) > 0 {
-		r.Newest, _ = n[0].Values["i"].(string)
-	}
+	gone := deleted.Err() == nil
 	for _, m := range sel.Val() {
-		id, _ := m.Values["i"].(string)
-		d, isMsg := m.Values["d"].(string)
-		if q.After != "" && id <= q.After {
-			r.Found = isMsg && id == q.After
+		if mid, _ := m.Values["i"].(string); mid == id {
+			d, isMsg := m.Values["d"].(string)
+			if !isMsg {
+				break // a fence
+			}
+			r.Found = true
+			if !gone {
+				r.Entries = []chat.LogEntry{{ID: id, Data: []byte(d)}}
+			}
 			break
 		}
-		if !isMsg {
-			continue // a fence
-		}
-		if len(r.Entries) == q.Limit {
-			r.More = true
-			break
-		}
-		r.Entries = append(r.Entries, chat.LogEntry{ID: id, Data: []byte(d)})
 	}
-	slices.Reverse(r.Entries)
 	return r, nil
+}
+
+// Delete implements chat.Broker with one atomic script (lua/delete.lua):
+// the message is looked up in the room's log and, when there, added to the
+// room's deleted set; the frame is published either way.
+func (b *RedisBroker) Delete(ctx context.Context, room, id string, data []byte) (bool, error) {
+	if b.isClosed.Load() {
+		return false, ErrBrokerClosed
+	}
+	if b.relayDown.Load() {
+		return false, errRelayDown
+	}
+	ms, err := idMillis(id)
+	if err != nil {
+		return false, err
+	}
+	n, err := deleteScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
+		id, ms, data, b.channel(room)).Int()
+	if err != nil {
+		return false, fmt.Errorf("cluster: redis delete message %s of room %s: %w", id, room, err)
+	}
+	return n == 1, nil
 }
 
 // TakeOver hands fn, room by room, every message of node's that the logs

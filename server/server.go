@@ -47,14 +47,13 @@ type Config struct {
 	// readiness turns 503 (refusing new WebSocket connections), so that load
 	// balancers notice before connections are closed. Zero: no delay.
 	DrainDelay time.Duration
+	// APIKey opens the server API for backends (server/api.go: publish,
+	// delete, disconnect) to bearers of it. Empty: the API is off (404).
+	APIKey string
 	// TrustedProxies are CIDRs or addresses (CHAT_TRUSTED_PROXIES) whose
 	// X-Forwarded-For / X-Real-IP give the client address in logs and
 	// ClientIP. Empty: the direct peer is the client.
 	TrustedProxies []string
-	// APIKey opens the server API for backends (POST
-	// /api/users/{user}/disconnect) to bearers of it. Empty: the API
-	// answers 404.
-	APIKey string
 	// MaxTokenTTL is the longest lifetime (exp - iat) of a client token
 	// the server accepts; tokens without iat are refused too. It bounds
 	// how long a revocation must be remembered (RevocationTTL). Zero:
@@ -151,6 +150,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if cfg.DevTokenTTL > cfg.MaxTokenTTL {
 		cfg.DevTokenTTL = cfg.MaxTokenTTL
 	}
+	if cfg.APIKey != "" && cfg.APIKey == cfg.AdminToken {
+		return nil, errors.New("server: the API key must differ from the admin token")
+	}
 	for _, p := range cfg.AllowedOrigins {
 		if _, err := path.Match(p, ""); err != nil {
 			return nil, fmt.Errorf("server: allowed origin %q: %w", p, err)
@@ -221,7 +223,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /api/dev/token", s.handleDevToken)
 	s.mux.HandleFunc("GET /api/rooms/{room}/messages", s.handleMessages)
 	s.mux.HandleFunc("GET /api/rooms/{room}/presence", s.handlePresence)
-	s.mux.HandleFunc("POST /api/users/{user}/disconnect", s.handleDisconnect)
+	s.apiRoutes()
 	s.mux.HandleFunc("GET /api/stats", s.opsOnly(s.handleStats))
 	s.mux.HandleFunc("GET /metrics", s.opsOnly(s.handleMetrics().ServeHTTP))
 	s.pprofRoutes()

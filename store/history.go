@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/chatd/chatd/chat"
 	"gorm.io/gorm"
+	"gorm.io/gorm/clause"
 )
 
 // Page sizes of the HTTP history API.
@@ -29,7 +31,13 @@ type History struct {
 	db *DB
 }
 
-var _ chat.History = (*History)(nil)
+var (
+	_ chat.History = (*History)(nil)
+	_ chat.Eraser  = (*History)(nil)
+)
+
+// live selects the rows of messages not taken down.
+const live = "deleted_at IS NULL"
 
 // NewHistory returns the history of db's messages table.
 func NewHistory(db *DB) *History { return &History{db: db} }
@@ -43,6 +51,7 @@ func (h *History) Recent(ctx context.Context, room string, n int) ([]chat.Messag
 	var rows []messageRow
 	err := h.db.gorm.WithContext(ctx).
 		Where("room = ?", room).
+		Where(live).
 		Order("id DESC").
 		Limit(n).
 		Find(&rows).Error
@@ -55,10 +64,10 @@ func (h *History) Recent(ctx context.Context, room string, n int) ([]chat.Messag
 
 // After returns stored messages of room with an id greater than afterID,
 // oldest first, at most limit of them (limit <= 0 returns none, but still
-// reports found). found reports whether afterID itself is stored in room;
-// when it is not (an unknown id, another room's, one not yet written, or
-// one since deleted) the messages are still those after it, but the caller
-// cannot know what it missed.
+// reports found). found reports whether afterID itself is stored in room,
+// taken down or not; when it is not (an unknown id, another room's, one not
+// yet written) the messages are still those after it, but the caller
+// cannot know what it missed. Messages taken down are left out.
 func (h *History) After(ctx context.Context, room, afterID string, limit int) (msgs []chat.Message, found bool, err error) {
 	var probe messageRow
 	err = h.db.gorm.WithContext(ctx).
@@ -79,6 +88,7 @@ func (h *History) After(ctx context.Context, room, afterID string, limit int) (m
 	var rows []messageRow
 	err = h.db.gorm.WithContext(ctx).
 		Where("room = ? AND id > ?", room, afterID).
+		Where(live).
 		Order("id ASC").
 		Limit(limit).
 		Find(&rows).Error
@@ -110,7 +120,8 @@ type PageQuery struct {
 //     when set), OLDEST FIRST. Pass the last id of a page as the next After
 //     to go forward in time.
 //
-// A page shorter than the limit is the last in its direction (for now: the
+// Messages taken down are left out. A page shorter than the limit is the
+// last in its direction (for now: the
 // writer may still add newer messages).
 func (h *History) Page(ctx context.Context, room string, q PageQuery) ([]chat.Message, error) {
 	limit := q.Limit
@@ -118,7 +129,7 @@ func (h *History) Page(ctx context.Context, room string, q PageQuery) ([]chat.Me
 		limit = DefaultPageLimit
 	}
 	limit = min(limit, MaxPageLimit)
-	tx := h.db.gorm.WithContext(ctx).Where("room = ?", room)
+	tx := h.db.gorm.WithContext(ctx).Where("room = ?", room).Where(live)
 	if q.Before != "" {
 		tx = tx.Where("id < ?", q.Before)
 	}
@@ -132,6 +143,56 @@ func (h *History) Page(ctx context.Context, room string, q PageQuery) ([]chat.Me
 		return nil, fmt.Errorf("store: page of %q: %w", room, err)
 	}
 	return messages(rows), nil
+}
+
+// Message implements chat.Eraser.
+func (h *History) Message(ctx context.Context, room, id string) (chat.Message, bool, error) {
+	var row messageRow
+	err := h.db.gorm.WithContext(ctx).
+		Where("room = ? AND id = ?", room, id).
+		Where(live).
+		Take(&row).Error
+	switch {
+	case err == nil:
+		return row.message(), true, nil
+	case errors.Is(err, gorm.ErrRecordNotFound):
+		return chat.Message{}, false, nil
+	}
+	return chat.Message{}, false, fmt.Errorf("store: message %q of %q: %w", id, room, err)
+}
+
+// tombstoneRow is a messages row as Erase writes it.
+type tombstoneRow struct {
+	ID         string    `gorm:"column:id;primaryKey"`
+	Room       string    `gorm:"column:room"`
+	UserID     string    `gorm:"column:user_id"`
+	Body       string    `gorm:"column:body"`
+	InsertedAt time.Time `gorm:"column:inserted_at"`
+	DeletedAt  time.Time `gorm:"column:deleted_at"`
+}
+
+// Erase implements chat.Eraser with one upsert: the message's row is
+// inserted with an empty body and deleted_at set, or, when it is stored,
+// its body is blanked and deleted_at set. The writer's inserts do nothing
+// on a conflict, so the tombstone stays.
+func (h *History) Erase(ctx context.Context, msg chat.Message) error {
+	if err := validMessage(msg); err != nil {
+		return err
+	}
+	r := rowFromMessage(msg)
+	row := tombstoneRow{ID: r.ID, Room: r.Room, UserID: r.UserID, InsertedAt: r.InsertedAt,
+		DeletedAt: time.Now().UTC().Truncate(time.Microsecond)}
+	err := h.db.gorm.WithContext(ctx).Table(messageRow{}.TableName()).
+		Clauses(clause.OnConflict{
+			Columns: []clause.Column{{Name: "id"}},
+			// A second Erase keeps the first deletion time.
+			DoUpdates: clause.Assignments(map[string]any{"body": "", "deleted_at": gorm.Expr("COALESCE(messages.deleted_at, ?)", row.DeletedAt)}),
+		}).
+		Create(&row).Error
+	if err != nil {
+		return fmt.Errorf("store: erase message %q of %q: %w", msg.ID, msg.Room, err)
+	}
+	return nil
 }
 
 func messages(rows []messageRow) []chat.Message {

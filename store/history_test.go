@@ -220,3 +220,70 @@ func TestHistory(t *testing.T) {
 		})
 	})
 }
+
+// TestHistoryErase: a message taken down leaves every history query, also
+// when it was erased before the writer stored it (a lagging writer's
+// insert does not bring it back); its id still counts as found for After.
+func TestHistoryErase(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, b backend) {
+		ctx := context.Background()
+		db := migratedDB(t, b)
+		h := NewHistory(db)
+		var msgs []chat.Message
+		for i := range 5 {
+			msgs = append(msgs, newMessage(t, "erase", "u", fmt.Sprintf("m%d", i)))
+		}
+		storeAll(t, db, msgs[:4])
+
+		if got, found, err := h.Message(ctx, "erase", msgs[1].ID); err != nil || !found || !sameMessage(msgs[1], got) {
+			t.Fatalf("Message(%s) = %+v, %v, %v; want it", msgs[1].ID, got, found, err)
+		}
+		if _, found, err := h.Message(ctx, "other", msgs[1].ID); err != nil || found {
+			t.Fatalf("Message of another room = %v, %v; want not found", found, err)
+		}
+		// m1 is stored; m4 is not yet (its writer lags).
+		for _, m := range []chat.Message{msgs[1], msgs[4], msgs[1]} {
+			if err := h.Erase(ctx, m); err != nil {
+				t.Fatalf("Erase(%s): %v", m.Body, err)
+			}
+		}
+		storeAll(t, db, msgs) // the lagging writer, and a retry of the rest
+		kept := []chat.Message{msgs[0], msgs[2], msgs[3]}
+
+		for _, id := range []string{msgs[1].ID, msgs[4].ID} {
+			if _, found, err := h.Message(ctx, "erase", id); err != nil || found {
+				t.Fatalf("Message(%s) after Erase = %v, %v; want not found", id, found, err)
+			}
+		}
+		recent, err := h.Recent(ctx, "erase", 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkMessages(t, "Recent", recent, kept)
+		after, found, err := h.After(ctx, "erase", msgs[1].ID, 10)
+		if err != nil || !found {
+			t.Fatalf("After the erased id: found %v, err %v; want found", found, err)
+		}
+		checkMessages(t, "After", after, kept[1:])
+		page, err := h.Page(ctx, "erase", PageQuery{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkMessages(t, "Page", page, reversed(kept))
+		page, err = h.Page(ctx, "erase", PageQuery{After: msgs[0].ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkMessages(t, "Page after", page, kept[1:])
+
+		// The bodies are gone from the table, not only from the queries.
+		var bodies []string
+		if err := db.gorm.Table("messages").Where("id IN ?", []string{msgs[1].ID, msgs[4].ID}).
+			Where("deleted_at IS NOT NULL").Pluck("body", &bodies).Error; err != nil {
+			t.Fatal(err)
+		}
+		if len(bodies) != 2 || bodies[0] != "" || bodies[1] != "" {
+			t.Fatalf("tombstone bodies %q, want two empty ones", bodies)
+		}
+	})
+}

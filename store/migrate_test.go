@@ -10,7 +10,7 @@ import (
 )
 
 // latestVersion is the newest migration in migrations/*/.
-const latestVersion = 2
+const latestVersion = 3
 
 // tableExists reports whether the messages table exists.
 func tableExists(t testing.TB, db *DB) bool {
@@ -131,26 +131,31 @@ func TestMigrateCommand(t *testing.T) {
 		wantLines(out,
 			[]string{"VERSION", "STATE", "APPLIED AT", "MIGRATION"},
 			[]string{"1", "pending", "00001_create_messages.sql"},
-			[]string{"2", "pending", "00002_index_messages_room_id.sql"})
+			[]string{"2", "pending", "00002_index_messages_room_id.sql"},
+			[]string{"3", "pending", "00003_messages_deleted_at.sql"})
 
 		out = mustRun("up")
 		wantLines(out,
 			[]string{"OK", "00001_create_messages.sql"},
 			[]string{"OK", "00002_index_messages_room_id.sql"},
-			[]string{"database is at version 2"})
+			[]string{"OK", "00003_messages_deleted_at.sql"},
+			[]string{"database is at version 3"})
 
 		out = mustRun("status")
 		wantLines(out,
 			[]string{"1", "applied", "UTC", "00001_create_messages.sql"},
-			[]string{"2", "applied", "UTC", "00002_index_messages_room_id.sql"})
+			[]string{"2", "applied", "UTC", "00002_index_messages_room_id.sql"},
+			[]string{"3", "applied", "UTC", "00003_messages_deleted_at.sql"})
 
 		out = mustRun("up")
-		wantLines(out, []string{"no migrations to apply", "version 2"})
+		wantLines(out, []string{"no migrations to apply", "version 3"})
 
+		out = mustRun("down")
+		wantLines(out, []string{"OK", "down", "00003_messages_deleted_at.sql"}, []string{"database is at version 2"})
 		out = mustRun("down")
 		wantLines(out, []string{"OK", "down", "00002_index_messages_room_id.sql"}, []string{"database is at version 1"})
 		out = mustRun("status")
-		wantLines(out, []string{"1", "applied"}, []string{"2", "pending"})
+		wantLines(out, []string{"1", "applied"}, []string{"2", "pending"}, []string{"3", "pending"})
 		mustRun("down")
 		out = mustRun("down")
 		wantLines(out, []string{"no migration to roll back"})

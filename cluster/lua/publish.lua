@@ -2,6 +2,7 @@
 --
 -- KEYS[1]  the room's log, a stream of {i = message id, n = node, d = frame};
 --          an entry without d is a fence left by resolve.lua
+-- KEYS[2]  the room's deleted messages (delete.lua), kept as long as the log
 -- ARGV[1]  message id; empty for a frame that is relayed, not logged
 -- ARGV[2]  the frame
 -- ARGV[3]  the room's pub/sub channel
@@ -45,6 +46,7 @@ if id ~= '' then
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[7] .. '-*', 'i', id, 'n', ARGV[6], 'd', ARGV[2])
   if fresh then
     redis.call('PEXPIRE', KEYS[1], ARGV[4])
+    redis.call('PEXPIRE', KEYS[2], ARGV[4])
   end
 end
 redis.call('PUBLISH', ARGV[3], ARGV[2])

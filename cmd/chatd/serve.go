@@ -22,11 +22,11 @@ import (
 // serveConfig is what `chatd serve` reads from flags and CHAT_* variables.
 type serveConfig struct {
 	addr, secret, nodeName, origins, adminToken string
+	apiKey                                      string
 	maxConns, userBurst, maxBody, maxChannels   int
 	readLimit, joinBurst                        int
 	userRate, joinRate                          float64
 	shutdownWait, drainDelay                    time.Duration
-	apiKey                                      string
 	maxTokenTTL                                 time.Duration
 
 	dbURL                         string
@@ -59,8 +59,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
+	f.stringVar(&c.apiKey, "api-key", "CHAT_API_KEY", "", "bearer key of the server API for backends (publish, delete, disconnect); empty: the API is off")
 	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
-	f.stringVar(&c.apiKey, "api-key", "CHAT_API_KEY", "", "bearer key of the server API for backends (POST /api/users/{user}/disconnect); empty: the API is off")
 	f.durationVar(&c.maxTokenTTL, "max-token-ttl", "CHAT_MAX_TOKEN_TTL", server.DefaultMaxTokenTTL, "longest lifetime (exp - iat) of a client token accepted; revocations are kept this long plus a minute")
 	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
 	f.durationVar(&c.drainDelay, "drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
@@ -374,9 +374,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		JWTSecret:      []byte(c.secret),
 		AllowedOrigins: splitList(c.origins),
 		AdminToken:     c.adminToken,
+		APIKey:         c.apiKey,
 		DrainDelay:     c.drainDelay,
 		TrustedProxies: splitList(c.trustedProxies),
-		APIKey:         c.apiKey,
 		MaxTokenTTL:    c.maxTokenTTL,
 	}, server.Options{
 		Hub:      hub,
