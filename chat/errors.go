@@ -33,6 +33,10 @@ var (
 	// ErrUnavailable: the message could not be relayed to the room; it was
 	// not delivered and the sender may retry.
 	ErrUnavailable = &Error{Reason: "unavailable"}
+	// ErrUnauthorized: the connection's token does not allow this in the
+	// room: a join of a room it may not read, a push to a room it may only
+	// read (Phoenix's {:error, %{reason: "unauthorized"}}).
+	ErrUnauthorized = &Error{Reason: "unauthorized"}
 	// ErrTooManyConnections: the user holds as many connections as allowed.
 	ErrTooManyConnections = &Error{Reason: "too many connections"}
 )

@@ -257,10 +257,11 @@ const (
 	refusalInvalid
 	refusalOverloaded
 	refusalUnavailable
+	refusalUnauthorized
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"rate", "body_too_long", "invalid", "overloaded", "unavailable"}
+var refusalNames = [numRefusals]string{"rate", "body_too_long", "invalid", "overloaded", "unavailable", "unauthorized"}
 
 // Frame drops, the label values of Stats.Dropped.
 const (
@@ -283,6 +284,8 @@ func (h *Hub) countRefusal(e *Error) {
 		i = refusalOverloaded
 	case ErrUnavailable:
 		i = refusalUnavailable
+	case ErrUnauthorized:
+		i = refusalUnauthorized
 	}
 	h.stats.refused[i].Add(1)
 }
@@ -726,6 +729,9 @@ type ConnInfo struct {
 	ID string
 	// UserID is the authenticated user.
 	UserID string
+	// Grants are the rooms the connection may join and post in; the zero
+	// Grants allows none.
+	Grants Grants
 }
 
 // ErrDraining is returned by ServeConn once Shutdown has begun.
