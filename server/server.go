@@ -51,6 +51,11 @@ type Config struct {
 	// X-Forwarded-For / X-Real-IP give the client address in logs and
 	// ClientIP. Empty: the direct peer is the client.
 	TrustedProxies []string
+	// PublicRooms are the room patterns (chat.ParsePattern) any valid token
+	// may join, read and post in (CHAT_PUBLIC_ROOMS); a token's rooms and
+	// read_rooms claims open more. Nil: ["*"], every room; empty and
+	// non-nil: none.
+	PublicRooms []string
 }
 
 // Check is one shared dependency (database, Redis), checked by
@@ -95,6 +100,9 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	proxies *TrustedProxies
+	// public are the rooms of Config.PublicRooms, shared by every
+	// connection's grants.
+	public chat.Patterns
 	// wsBufs lends the connections their write buffers.
 	wsBufs ws.BufferPool
 
@@ -165,6 +173,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.proxies = proxies
+	if cfg.PublicRooms == nil {
+		cfg.PublicRooms = []string{"*"}
+	}
+	if s.public, err = chat.ParsePatterns(cfg.PublicRooms); err != nil {
+		return nil, fmt.Errorf("server: public rooms: %w", err)
+	}
 	s.routes()
 	s.httpSrv = &http.Server{
 		Handler:           s.Handler(),
@@ -415,7 +429,12 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "draining", "this node is shutting down; reconnect to another")
 		return
 	}
-	user, err := ParseToken(s.secret, q.Get("token"))
+	raw, selectPhoenix, err := socketToken(r)
+	var tok Token
+	if err == nil {
+		tok, err = VerifyToken(s.secret, raw)
+	}
+	user := tok.UserID
 	if err != nil {
 		log().Info("connection refused", "reason", "auth", "err", err)
 		s.metrics.refuse(RefusedAuth)
@@ -457,6 +476,11 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
 	// no longer waits for this handler, ours does.
 	s.conns.Add(1)
+	if selectPhoenix {
+		// The phoenix client's authToken offers ["phoenix", the token];
+		// a browser fails the socket unless one offered is selected.
+		w.Header().Set("Sec-WebSocket-Protocol", phoenixSubprotocol)
+	}
 	// The origin was checked above, with a JSON error.
 	conn, err := ws.Upgrade(w, r, &s.wsBufs)
 	if err != nil {
@@ -465,6 +489,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		s.conns.Done()
 		return
 	}
+	grants := tok.Grants(s.public)
 	log().Info("connected", "user_id", user)
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
@@ -472,7 +497,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.conns.Done()
 		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user})
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, Grants: grants})
 		log().Info("disconnected", "user_id", user, "err", err)
 	}()
 }

@@ -4,6 +4,7 @@
 //	chatd [serve] [flags]          run the server (the default)
 //	chatd migrate up|down|status   manage the database schema
 //	chatd token --user NAME        print a JWT for NAME signed with CHAT_JWT_SECRET
+//	            [--room P] [--read-room P]   with rooms / read_rooms claims
 package main
 
 import (
@@ -101,7 +102,10 @@ func token(args []string, stdout, stderr io.Writer) error {
 	f := &envFlags{fs: fs}
 	var user, secret string
 	var ttl time.Duration
+	var rooms, readRooms listFlag
 	fs.StringVar(&user, "user", "", "user id (the token's sub)")
+	fs.Var(&rooms, "room", "room pattern the token may join, read and post in (its rooms claim); repeatable, or a comma list")
+	fs.Var(&readRooms, "read-room", "room pattern the token may join and read only (its read_rooms claim); repeatable, or a comma list")
 	fs.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token is valid")
 	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
 	if err := f.parse(args); err != nil {
@@ -115,7 +119,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stderr, "chatd token: no CHAT_JWT_SECRET set; signing a DEV MODE token")
 		key = []byte(server.DevSecret)
 	}
-	tok, err := server.MintToken(key, user, ttl)
+	tok, err := server.MintRoomsToken(key, user, ttl, rooms, readRooms)
 	if err != nil {
 		return err
 	}

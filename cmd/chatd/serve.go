@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -36,6 +37,7 @@ type serveConfig struct {
 
 	logLevel, logFormat string
 	trustedProxies      string
+	publicRooms         string
 }
 
 func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
@@ -57,6 +59,7 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.readLimit, "read-limit", "CHAT_READ_LIMIT", 64<<10, "largest WebSocket frame read, in bytes")
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
+	f.stringVar(&c.publicRooms, "public-rooms", "CHAT_PUBLIC_ROOMS", "*", `comma list of room patterns (a name, or a prefix ending in *) any valid token may join and post in; "none": no room`)
 	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
 	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
 	f.durationVar(&c.drainDelay, "drain-delay", "CHAT_DRAIN_DELAY", 0, "on shutdown, how long readiness reports 503 before connections are closed")
@@ -355,6 +358,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		AdminToken:     c.adminToken,
 		DrainDelay:     c.drainDelay,
 		TrustedProxies: splitList(c.trustedProxies),
+		PublicRooms:    publicRooms(c.publicRooms),
 	}, server.Options{
 		Hub:      hub,
 		Limiter:  limiter,
@@ -506,4 +510,18 @@ func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Mem
 		}
 		return doc
 	}
+}
+
+// publicRooms maps --public-rooms onto server.Config.PublicRooms: "none"
+// (or an empty flag) is no public room, which the server's nil would not
+// say.
+func publicRooms(v string) []string {
+	if strings.TrimSpace(v) == "none" {
+		return []string{}
+	}
+	list := splitList(v)
+	if list == nil {
+		return []string{}
+	}
+	return list
 }
