@@ -38,8 +38,10 @@ var (
 	// (and then it is stored); a client finds out by rejoining with since
 	// rather than by sending it again.
 	ErrOutcomeUnknown = &Error{Reason: "outcome unknown"}
-	// ErrUnauthorized: the user may not do that (delete another user's
-	// message).
+	// ErrUnauthorized: the connection's token does not allow this in the
+	// room (a join of a room it may not read, a push to a room it may only
+	// read: Phoenix's {:error, %{reason: "unauthorized"}}), or the user may
+	// not do it (delete another user's message).
 	ErrUnauthorized = &Error{Reason: "unauthorized"}
 	// ErrNotFound: no such message in the room (or it was deleted).
 	ErrNotFound = &Error{Reason: "not found"}

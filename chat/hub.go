@@ -279,10 +279,11 @@ const (
 	refusalInvalid
 	refusalOverloaded
 	refusalUnavailable
+	refusalUnauthorized
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"rate", "body_too_long", "invalid", "overloaded", "unavailable"}
+var refusalNames = [numRefusals]string{"rate", "body_too_long", "invalid", "overloaded", "unavailable", "unauthorized"}
 
 // Frame drops, the label values of Stats.Dropped.
 const (
@@ -305,6 +306,8 @@ func (h *Hub) countRefusal(e *Error) {
 		i = refusalOverloaded
 	case ErrUnavailable:
 		i = refusalUnavailable
+	case ErrUnauthorized:
+		i = refusalUnauthorized
 	}
 	h.stats.refused[i].Add(1)
 }
@@ -809,6 +812,9 @@ type ConnInfo struct {
 	// connection checked before a Disconnect of its user reached this node
 	// is closed as it starts. Zero: no such check.
 	AuthorizedAt time.Time
+	// Grants are the rooms the connection may join and post in; the zero
+	// Grants allows none.
+	Grants Grants
 }
 
 // ErrDraining is returned by ServeConn once Shutdown has begun.

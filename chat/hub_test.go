@@ -8,10 +8,11 @@ import (
 )
 
 // newTestSession returns a session with no connection (and so no writer),
-// for exercising the hub's fan-out alone.
+// for exercising the hub's fan-out alone; every room is open to it, as with
+// the default CHAT_PUBLIC_ROOMS.
 func newTestSession(h *Hub, id string) *Session {
 	return &Session{hub: h, id: id, user: id, channels: map[string]*channel{},
-		done: make(chan struct{})}
+		grants: Grants{Public: Patterns{"*"}}, done: make(chan struct{})}
 }
 
 // take removes and returns every frame queued for s.

@@ -21,6 +21,8 @@ type Session struct {
 	id   string
 	user string
 	us   *userState
+	// grants are the rooms the connection may join and post in.
+	grants Grants
 
 	// channels maps joined topics to their channel; reader goroutine only.
 	channels map[string]*channel
@@ -68,6 +70,7 @@ func newSession(h *Hub, conn *ws.Conn, info ConnInfo) *Session {
 		conn:     conn,
 		id:       info.ID,
 		user:     info.UserID,
+		grants:   info.Grants,
 		channels: make(map[string]*channel),
 		done:     make(chan struct{}),
 	}
@@ -249,6 +252,10 @@ func (s *Session) handleJoin(ctx context.Context, f Frame) {
 		since := strings.ToLower(*p.Since)
 		p.Since = &since
 	}
+	if !s.grants.CanJoin(name) {
+		s.enqueue(EncodeError(f, ErrUnauthorized))
+		return
+	}
 	if !s.hub.rates.allow(ctx, s.user, "join", Rate{PerSecond: s.hub.cfg.JoinRate, Burst: s.hub.cfg.JoinBurst}) {
 		s.enqueue(EncodeError(f, ErrRateLimited))
 		return
@@ -294,6 +301,12 @@ func (s *Session) leaveChannel(ch *channel) {
 const MaxHistory = 200
 
 func (s *Session) handleNewMsg(ctx context.Context, f Frame, ch *channel) {
+	if !s.grants.CanPost(ch.room.name) {
+		// A member that may only read: nothing is published.
+		s.hub.countRefusal(ErrUnauthorized)
+		s.enqueue(EncodeError(f, ErrUnauthorized))
+		return
+	}
 	// The payload is an object whose "body" is a non-empty string; it is
 	// read without encoding/json's reflection, which is slower and grows
 	// the reader goroutine's stack.

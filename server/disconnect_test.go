@@ -19,16 +19,6 @@ import (
 
 const testAPIKey = "test-api-key"
 
-// signClaims signs claims with testSecret.
-func signClaims(tb testing.TB, claims jwt.RegisteredClaims) string {
-	tb.Helper()
-	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(testSecret)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return tok
-}
-
 // tryDial returns the status of a handshake with token, closing an upgraded
 // connection, and the decoded JSON body of a refused one.
 func (s *testServer) tryDial(tb testing.TB, token string) (int, map[string]string) {

@@ -29,16 +29,12 @@ type historyPage struct {
 // handleMessages serves GET /api/rooms/{room}/messages?before=&after=&limit=
 // to a bearer of a valid user token.
 func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.bearerUser(w, r); !ok {
+	room, ok := s.bearerReader(w, r)
+	if !ok {
 		return
 	}
 	if s.pager == nil {
 		writeError(w, http.StatusNotFound, "not_found", "no message store is configured")
-		return
-	}
-	room := r.PathValue("room")
-	if !chat.ValidRoomName(room) {
-		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
 		return
 	}
 	q := r.URL.Query()
@@ -71,15 +67,36 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, page)
 }
 
-// bearerUser authenticates "Authorization: Bearer <user token>"; on failure
+// bearerReader authenticates "Authorization: Bearer <user token>" and
+// checks that the token may read the request's {room}. It answers 401
+// without a valid token, 400 for an invalid room name and 403 for a room
+// the token may not read, and then returns false.
+func (s *Server) bearerReader(w http.ResponseWriter, r *http.Request) (string, bool) {
+	tok, ok := s.bearerToken(w, r)
+	if !ok {
+		return "", false
+	}
+	room := r.PathValue("room")
+	if !chat.ValidRoomName(room) {
+		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
+		return "", false
+	}
+	if !tok.Grants(s.public).CanJoin(room) {
+		writeError(w, http.StatusForbidden, "forbidden", "this token may not read room "+room)
+		return "", false
+	}
+	return room, true
+}
+
+// bearerToken authenticates "Authorization: Bearer <user token>"; on failure
 // it answers 401 and returns false.
-func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (string, bool) {
+func (s *Server) bearerToken(w http.ResponseWriter, r *http.Request) (Token, bool) {
 	auth := r.Header.Get("Authorization")
 	token, ok := strings.CutPrefix(auth, "Bearer ")
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="chatd"`)
 		writeError(w, http.StatusUnauthorized, "unauthorized", "an Authorization: Bearer <token> header is required")
-		return "", false
+		return Token{}, false
 	}
 	claims, aerr := s.authorize(r.Context(), strings.TrimSpace(token))
 	if aerr != nil {
@@ -87,20 +104,16 @@ func (s *Server) bearerUser(w http.ResponseWriter, r *http.Request) (string, boo
 			w.Header().Set("WWW-Authenticate", `Bearer realm="chatd", error="invalid_token"`)
 		}
 		writeError(w, aerr.status, aerr.code, aerr.reason)
-		return "", false
+		return Token{}, false
 	}
-	return claims.User, true
+	return claims, true
 }
 
 // handlePresence serves GET /api/rooms/{room}/presence: who is online in
 // the room, cluster-wide, in the shape of presence_state.
 func (s *Server) handlePresence(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.bearerUser(w, r); !ok {
-		return
-	}
-	room := r.PathValue("room")
-	if !chat.ValidRoomName(room) {
-		writeError(w, http.StatusBadRequest, "bad_request", "room must be 1-64 characters of [A-Za-z0-9_.-]")
+	room, ok := s.bearerReader(w, r)
+	if !ok {
 		return
 	}
 	limit := DefaultPresenceLimit

@@ -59,6 +59,11 @@ type Config struct {
 	// how long a revocation must be remembered (RevocationTTL). Zero:
 	// DefaultMaxTokenTTL (24 h).
 	MaxTokenTTL time.Duration
+	// PublicRooms are the room patterns (chat.ParsePattern) any valid token
+	// may join, read and post in (CHAT_PUBLIC_ROOMS); a token's rooms and
+	// read_rooms claims open more. Nil: ["*"], every room; empty and
+	// non-nil: none.
+	PublicRooms []string
 }
 
 // Check is one shared dependency (database, Redis), checked by
@@ -111,6 +116,9 @@ type Server struct {
 	proxies *TrustedProxies
 	// revocations is checked on every client token.
 	revocations chat.Revocations
+	// public are the rooms of Config.PublicRooms, shared by every
+	// connection's grants.
+	public chat.Patterns
 	// wsBufs lends the connections their write buffers.
 	wsBufs ws.BufferPool
 
@@ -202,6 +210,12 @@ func New(cfg Config, opts Options) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.proxies = proxies
+	if cfg.PublicRooms == nil {
+		cfg.PublicRooms = []string{"*"}
+	}
+	if s.public, err = chat.ParsePatterns(cfg.PublicRooms); err != nil {
+		return nil, fmt.Errorf("server: public rooms: %w", err)
+	}
 	s.routes()
 	s.httpSrv = &http.Server{
 		Handler:           s.Handler(),
@@ -454,7 +468,14 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	authorizedAt := time.Now()
-	claims, aerr := s.authorize(r.Context(), q.Get("token"))
+	raw, selectPhoenix, err := socketToken(r)
+	var tok Token
+	aerr := &authError{http.StatusUnauthorized, "unauthorized", ""}
+	if err != nil {
+		aerr.reason = err.Error()
+	} else {
+		tok, aerr = s.authorize(r.Context(), raw)
+	}
 	if aerr != nil {
 		log().Info("connection refused", "reason", "auth", "err", aerr)
 		if aerr.status == http.StatusServiceUnavailable {
@@ -465,7 +486,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr.status, aerr.code, aerr.reason)
 		return
 	}
-	user := claims.User
+	user := tok.UserID
 	if !s.originAllowed(r) {
 		log().Info("connection refused", "reason", "origin", "origin", r.Header.Get("Origin"))
 		s.metrics.refuse(RefusedOrigin)
@@ -501,6 +522,11 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
 	// no longer waits for this handler, ours does.
 	s.conns.Add(1)
+	if selectPhoenix {
+		// The phoenix client's authToken offers ["phoenix", the token];
+		// a browser fails the socket unless one offered is selected.
+		w.Header().Set("Sec-WebSocket-Protocol", phoenixSubprotocol)
+	}
 	// The origin was checked above, with a JSON error.
 	conn, err := ws.Upgrade(w, r, &s.wsBufs)
 	if err != nil {
@@ -509,6 +535,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		s.conns.Done()
 		return
 	}
+	grants := tok.Grants(s.public)
 	log().Info("connected", "user_id", user)
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
@@ -516,7 +543,7 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.conns.Done()
 		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt})
+		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt, Grants: grants})
 		log().Info("disconnected", "user_id", user, "err", err)
 	}()
 }

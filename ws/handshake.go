@@ -220,3 +220,19 @@ func clientHandshake(nc net.Conn, u *url.URL, opts *DialOptions) (*Conn, error) 
 	}
 	return newConn(nc, pre, true, opts.ReadBuffer, opts.Buffers), nil
 }
+
+// Subprotocols returns the subprotocols a client's opening handshake
+// offers (its Sec-WebSocket-Protocol headers), in order. The server selects
+// one by setting Sec-WebSocket-Protocol on the response writer before
+// Upgrade, which sends the headers set there with the 101.
+func Subprotocols(r *http.Request) []string {
+	var out []string
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}

@@ -586,3 +586,23 @@ func TestDialErrors(t *testing.T) {
 		}
 	})
 }
+
+func TestSubprotocols(t *testing.T) {
+	for _, tc := range []struct {
+		headers []string
+		want    string
+	}{
+		{nil, ""},
+		{[]string{"phoenix"}, "phoenix"},
+		{[]string{"phoenix, base64url.bearer.phx.abc"}, "phoenix|base64url.bearer.phx.abc"},
+		{[]string{" phoenix ,, x", "y"}, "phoenix|x|y"},
+	} {
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		for _, h := range tc.headers {
+			r.Header.Add("Sec-WebSocket-Protocol", h)
+		}
+		if got := strings.Join(Subprotocols(r), "|"); got != tc.want {
+			t.Errorf("Subprotocols(%q) = %q, want %q", tc.headers, got, tc.want)
+		}
+	}
+}

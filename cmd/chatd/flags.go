@@ -79,3 +79,14 @@ func splitList(s string) []string {
 	}
 	return out
 }
+
+// listFlag is a flag that may be given many times, each a comma list; it
+// collects the items in order.
+type listFlag []string
+
+func (l *listFlag) String() string { return strings.Join(*l, ",") }
+
+func (l *listFlag) Set(v string) error {
+	*l = append(*l, splitList(v)...)
+	return nil
+}

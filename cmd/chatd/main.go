@@ -4,6 +4,7 @@
 //	chatd [serve] [flags]          run the server (the default)
 //	chatd migrate up|down|status   manage the database schema
 //	chatd token --user NAME        print a JWT for NAME signed with CHAT_JWT_SECRET
+//	            [--room P] [--read-room P]   with rooms / read_rooms claims
 package main
 
 import (
@@ -101,8 +102,11 @@ func token(args []string, stdout, stderr io.Writer) error {
 	f := &envFlags{fs: fs}
 	var user, secret string
 	var ttl time.Duration
+	var rooms, readRooms listFlag
 	fs.StringVar(&user, "user", "", "user id (the token's sub)")
-	fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
+	fs.Var(&rooms, "room", "room pattern the token may join, read and post in (its rooms claim); repeatable, or a comma list")
+	fs.Var(&readRooms, "read-room", "room pattern the token may join and read only (its read_rooms claim); repeatable, or a comma list")
+		fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
 	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
 	if err := f.parse(args); err != nil {
 		return err
@@ -118,7 +122,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 	if ttl > server.DefaultMaxTokenTTL {
 		fmt.Fprintf(stderr, "chatd token: a token living %s is refused by servers whose CHAT_MAX_TOKEN_TTL is shorter (default %s)\n", ttl, server.DefaultMaxTokenTTL)
 	}
-	tok, err := server.MintToken(key, user, ttl)
+	tok, err := server.MintRoomsToken(key, user, ttl, rooms, readRooms)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"strings"
 	"testing"
@@ -66,5 +67,46 @@ func TestTokenCommand(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"bogus"}, &out, &errOut); err == nil {
 		t.Fatal("unknown command accepted")
+	}
+}
+
+func TestTokenCommandRooms(t *testing.T) {
+	t.Setenv("CHAT_JWT_SECRET", "s3cret")
+	var out, errOut bytes.Buffer
+	args := []string{"token", "--user", "alice", "--room", "team-42-*", "--room", "dm.alice.bob,lobby", "--read-room", "news"}
+	if err := run(t.Context(), args, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := server.VerifyToken([]byte("s3cret"), strings.TrimSpace(out.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(tok.Rooms, tok.ReadRooms); got != "[team-42-* dm.alice.bob lobby] [news]" {
+		t.Fatalf("claims rooms, read_rooms = %s", got)
+	}
+	out.Reset()
+	if err := run(t.Context(), []string{"token", "--user", "alice", "--room", "bad room"}, &out, &errOut); err == nil || out.Len() > 0 {
+		t.Fatalf("an invalid pattern: err %v, printed %q", err, out.String())
+	}
+}
+
+func TestPublicRoomsFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "[*]"},
+		{[]string{"--public-rooms", "lobby, help-*"}, "[lobby help-*]"},
+		{[]string{"--public-rooms", "none"}, "[]"},
+		{[]string{"--public-rooms="}, "[]"},
+	} {
+		c, err := parseServe(tc.args, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := publicRooms(c.publicRooms)
+		if fmt.Sprint(got) != tc.want || got == nil {
+			t.Errorf("%q: public rooms %#v, want %s (never nil)", tc.args, got, tc.want)
+		}
 	}
 }

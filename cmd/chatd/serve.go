@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -38,6 +39,7 @@ type serveConfig struct {
 
 	logLevel, logFormat string
 	trustedProxies      string
+	publicRooms         string
 }
 
 func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
@@ -60,6 +62,7 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.stringVar(&c.origins, "allowed-origins", "CHAT_ALLOWED_ORIGINS", "", "comma list of browser origin host patterns allowed besides same-origin")
 	f.stringVar(&c.adminToken, "admin-token", "CHAT_ADMIN_TOKEN", "", "bearer token of the ops endpoints; empty: loopback clients only")
 	f.stringVar(&c.apiKey, "api-key", "CHAT_API_KEY", "", "bearer key of the server API for backends (publish, delete, disconnect); empty: the API is off")
+	f.stringVar(&c.publicRooms, "public-rooms", "CHAT_PUBLIC_ROOMS", "*", `comma list of room patterns (a name, or a prefix ending in *) any valid token may join and post in; "none": no room`)
 	f.stringVar(&c.trustedProxies, "trusted-proxies", "CHAT_TRUSTED_PROXIES", "", "comma list of CIDRs/IPs of proxies whose X-Forwarded-For/X-Real-IP name the client")
 	f.durationVar(&c.maxTokenTTL, "max-token-ttl", "CHAT_MAX_TOKEN_TTL", server.DefaultMaxTokenTTL, "longest lifetime (exp - iat) of a client token accepted; revocations are kept this long plus a minute")
 	f.durationVar(&c.shutdownWait, "shutdown-timeout", "CHAT_SHUTDOWN_TIMEOUT", 20*time.Second, "how long shutdown may take")
@@ -378,6 +381,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		DrainDelay:     c.drainDelay,
 		TrustedProxies: splitList(c.trustedProxies),
 		MaxTokenTTL:    c.maxTokenTTL,
+		PublicRooms:    publicRooms(c.publicRooms),
 	}, server.Options{
 		Hub:      hub,
 		Limiter:  limiter,
@@ -531,4 +535,18 @@ func statsFunc(node string, hub *chat.Hub, writer *store.Writer, ms *cluster.Mem
 		}
 		return doc
 	}
+}
+
+// publicRooms maps --public-rooms onto server.Config.PublicRooms: "none"
+// (or an empty flag) is no public room, which the server's nil would not
+// say.
+func publicRooms(v string) []string {
+	if strings.TrimSpace(v) == "none" {
+		return []string{}
+	}
+	list := splitList(v)
+	if list == nil {
+		return []string{}
+	}
+	return list
 }

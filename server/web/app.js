@@ -60,6 +60,7 @@ function reasonText(reason) {
     case "too many channels joined": return "You have joined too many rooms: leave one first.";
     case "unmatched topic": return "That room name is not valid.";
     case "invalid payload": return "The server rejected the message as invalid.";
+    case "unauthorized": return "Your token does not allow this in that room.";
     default: return "Server error: " + (reason || "unknown");
   }
 }
@@ -249,7 +250,10 @@ function showError(text) {
 // ---------- socket and channels ----------
 
 function connect() {
-  const socket = new Socket("/socket", { params: () => ({ token: state.token }) });
+  // authToken (phoenix 1.8) sends the token as a WebSocket subprotocol,
+  // not in the URL, which proxies and servers may log.
+  const token = state.token;
+  const socket = new Socket("/socket", { authToken: () => token });
   state.socket = socket;
   setConn("connecting");
   socket.onOpen(() => { state.everOpen = true; state.failures = 0; setConn("connected"); });
@@ -284,8 +288,16 @@ function joinRoom(name) {
       if (room === state.current) renderRoomState();
     })
     .receive("error", (resp) => {
+      const reason = resp && resp.reason;
+      showError(`Could not join #${name}: ${reasonText(reason)}`);
+      if (reason === "unauthorized") {
+        // The token decides, and a rejoin would be refused the same way:
+        // stop the client's rejoin timer and drop the room.
+        ch.leave();
+        dropRoom(room);
+        return;
+      }
       room.status = "errored";
-      showError(`Could not join #${name}: ${reasonText(resp && resp.reason)}`);
       if (room === state.current) renderRoomState();
     })
     .receive("timeout", () => {
@@ -310,7 +322,15 @@ function leaveRoom() {
   const room = state.current;
   if (!room) return;
   room.channel.leave();
+  dropRoom(room);
+}
+
+// dropRoom forgets a room that was left, showing another one if it was on
+// screen.
+function dropRoom(room) {
+  if (state.rooms.get(room.name) !== room) return;
   state.rooms.delete(room.name);
+  if (state.current !== room) { renderRooms(); return; }
   const next = state.rooms.keys().next();
   selectRoom(next.done ? null : next.value);
 }
