@@ -106,7 +106,7 @@ func token(args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&user, "user", "", "user id (the token's sub)")
 	fs.Var(&rooms, "room", "room pattern the token may join, read and post in (its rooms claim); repeatable, or a comma list")
 	fs.Var(&readRooms, "read-room", "room pattern the token may join and read only (its read_rooms claim); repeatable, or a comma list")
-		fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
+	fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
 	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
 	if err := f.parse(args); err != nil {
 		return err
