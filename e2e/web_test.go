@@ -284,10 +284,11 @@ func (p *webPage) checkExactly(bodies ...string) []webMsg {
 }
 
 // webDevServer starts a single chatd node in dev mode (no secret: the page
-// gets its token from POST /api/dev/token) with extra env.
+// gets its token from POST /api/dev/token) with extra env. Dev mode is
+// asked for by name (CHAT_DEV_MODE), as it must be with PostgreSQL.
 func webDevServer(t *testing.T, extra map[string]string) *testsvc.Chatd {
 	t.Helper()
-	env := map[string]string{"CHAT_JWT_SECRET": "", "CHAT_USER_RATE": "0"}
+	env := map[string]string{"CHAT_JWT_SECRET": "", "CHAT_DEV_MODE": "true", "CHAT_USER_RATE": "0"}
 	for k, v := range extra {
 		env[k] = v
 	}

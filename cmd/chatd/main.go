@@ -103,7 +103,9 @@ func token(args []string, stdout, stderr io.Writer) error {
 	var ttl time.Duration
 	fs.StringVar(&user, "user", "", "user id (the token's sub)")
 	fs.DurationVar(&ttl, "ttl", 24*time.Hour, "how long the token is valid")
-	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
+	var dev bool
+	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret (required unless --dev)")
+	f.boolVar(&dev, "dev", "CHAT_DEV_MODE", false, "with no secret, sign with the public dev-mode secret (for a dev-mode server only)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -112,6 +114,9 @@ func token(args []string, stdout, stderr io.Writer) error {
 	}
 	key := []byte(secret)
 	if len(key) == 0 {
+		if !dev {
+			return errors.New("token: no CHAT_JWT_SECRET (--jwt-secret) set: refusing to sign with the public dev-mode secret; pass --dev (CHAT_DEV_MODE=true) for a dev-mode server")
+		}
 		fmt.Fprintln(stderr, "chatd token: no CHAT_JWT_SECRET set; signing a DEV MODE token")
 		key = []byte(server.DevSecret)
 	}

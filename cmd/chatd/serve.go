@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -33,6 +34,10 @@ type serveConfig struct {
 	batchWait                     time.Duration
 
 	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
+	clusterKey                                                          []byte // decoded CHAT_CLUSTER_KEY
+
+	maxConnsPerIP int
+	devMode       bool
 
 	logLevel, logFormat string
 	trustedProxies      string
@@ -71,6 +76,10 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.stringVar(&c.clusterJoin, "cluster-join", "CHAT_CLUSTER_JOIN", "", "comma list of seeds: host:port, or a DNS name such as a headless service")
 	f.stringVar(&c.clusterAdvertise, "cluster-advertise", "CHAT_CLUSTER_ADVERTISE", "", "ip or ip:port other nodes reach this node's gossip at (default: picked from the bind address)")
 	f.stringVar(&c.clusterProfile, "cluster-profile", "CHAT_CLUSTER_PROFILE", cluster.ProfileLAN, "failure detection timing: lan, wan or local")
+	var clusterKey string
+	f.stringVar(&clusterKey, "cluster-key", "CHAT_CLUSTER_KEY", "", "base64 of a 16, 24 or 32-byte key encrypting gossip (every node the same; e.g. openssl rand -base64 32); empty: plaintext gossip")
+	f.intVar(&c.maxConnsPerIP, "max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", 0, "connections one client address may hold (0: no limit)")
+	f.boolVar(&c.devMode, "dev", "CHAT_DEV_MODE", false, "allow dev mode (no CHAT_JWT_SECRET) with PostgreSQL or Redis")
 	f.stringVar(&c.logLevel, "log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
 	f.stringVar(&c.logFormat, "log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
 	if err := f.parse(args); err != nil {
@@ -80,8 +89,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
 	switch {
-	case c.maxConns < 0, c.userRate < 0, c.joinRate < 0:
-		return nil, errors.New("serve: max-conns-per-user, user-rate and join-rate must not be negative")
+	case c.maxConns < 0, c.maxConnsPerIP < 0, c.userRate < 0, c.joinRate < 0:
+		return nil, errors.New("serve: max-conns-per-user, max-conns-per-ip, user-rate and join-rate must not be negative")
 	case c.userBurst < 1, c.joinBurst < 1, c.maxBody < 1, c.maxChannels < 1:
 		return nil, errors.New("serve: user-burst, join-burst, max-body and max-channels must be positive")
 	case c.readLimit < 1024:
@@ -91,6 +100,22 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if c.nodeName == "" {
 		c.nodeName = "chatd"
+	}
+	if clusterKey != "" {
+		key, err := base64.StdEncoding.DecodeString(clusterKey)
+		if err != nil {
+			return nil, fmt.Errorf("serve: cluster-key: not base64: %w", err)
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("serve: cluster-key: %d bytes, want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", n)
+		}
+		c.clusterKey = key
+	}
+	// The public dev secret must not sign tokens for a deployment: with
+	// shared services (PostgreSQL, Redis) dev mode is asked for by name.
+	if c.secret == "" && !c.devMode && (c.redisURL != "" || store.IsPostgresURL(c.dbURL)) {
+		return nil, errors.New("serve: no CHAT_JWT_SECRET with PostgreSQL or Redis configured: set CHAT_JWT_SECRET " +
+			"(dev mode signs tokens with a public secret), or CHAT_DEV_MODE=true (--dev) to run in dev mode anyway")
 	}
 	return c, nil
 }
@@ -292,6 +317,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			AdvertiseAddr: c.clusterAdvertise,
 			Join:          cluster.ParseSeeds(c.clusterJoin),
 			Profile:       c.clusterProfile,
+			SecretKey:     c.clusterKey,
 			Logger:        log,
 			Meta: func() cluster.NodeMeta {
 				st := hub.Stats()
@@ -301,6 +327,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 		if err != nil {
 			return fail(err)
+		}
+		if c.clusterKey == nil {
+			log.Warn("gossip is not encrypted: anyone who reaches CHAT_CLUSTER_ADDR can add members or declare nodes dead; set CHAT_CLUSTER_KEY")
 		}
 		// A node declared dead leaves its presence, connection slots and
 		// unstored messages behind: every survivor frees the first two
