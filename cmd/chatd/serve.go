@@ -34,7 +34,7 @@ type serveConfig struct {
 	batchWait                     time.Duration
 
 	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
-	clusterKey                                                          []byte // decoded CHAT_CLUSTER_KEY
+	clusterKey                                                           []byte // decoded CHAT_CLUSTER_KEY
 
 	maxConnsPerIP int
 	devMode       bool
@@ -284,6 +284,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var membership *cluster.Membership
 	var limiter chat.ConnLimiter = chat.NewMemoryConnLimiter(c.maxConns)
+	// Connections per client address: a limiter of its own (its own Max),
+	// cluster-wide with Redis under a key space of its own.
+	var addrLimiter chat.ConnLimiter
+	var redisAddrLimiter *cluster.RedisConnLimiter
+	if c.maxConnsPerIP > 0 {
+		addrLimiter = chat.NewMemoryConnLimiter(c.maxConnsPerIP)
+	}
 	if redisBroker != nil {
 		if err := redisBroker.Run(); err != nil {
 			return fail(err)
@@ -310,6 +317,19 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		closers = append(closers, closer{"connection limits", func(context.Context) error { return redisLimiter.Close() }})
 		limiter = redisLimiter
+		if c.maxConnsPerIP > 0 {
+			redisAddrLimiter, err = cluster.NewRedisConnLimiter(cluster.RedisConnLimiterConfig{
+				URL: c.redisURL, Prefix: "chatd:ip", NodeName: c.nodeName, Max: c.maxConnsPerIP, Logger: log,
+			})
+			if err != nil {
+				return fail(err)
+			}
+			if err := redisAddrLimiter.Run(); err != nil {
+				return fail(err)
+			}
+			closers = append(closers, closer{"address connection limits", func(context.Context) error { return redisAddrLimiter.Close() }})
+			addrLimiter = redisAddrLimiter
+		}
 
 		membership, err = cluster.NewMembership(cluster.MembershipConfig{
 			NodeName:      c.nodeName,
@@ -358,6 +378,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				if err != nil {
 					log.Warn("connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
 				}
+				if redisAddrLimiter != nil {
+					k, err := redisAddrLimiter.ReleaseNode(ctx, m.Name)
+					if err != nil {
+						log.Warn("address connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
+					}
+					n += k
+				}
 				log.Info("freed what a dead node held", "dead_node", m.Name, "presence_rooms", len(removed), "slots", n)
 			})
 		})
@@ -385,13 +412,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		DrainDelay:     c.drainDelay,
 		TrustedProxies: splitList(c.trustedProxies),
 	}, server.Options{
-		Hub:      hub,
-		Limiter:  limiter,
-		Logger:   log,
-		Messages: history,
-		Checks:   checks,
-		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
-		Metrics:  metrics,
+		Hub:         hub,
+		Limiter:     limiter,
+		AddrLimiter: addrLimiter,
+		Logger:      log,
+		Messages:    history,
+		Checks:      checks,
+		Stats:       statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
+		Metrics:     metrics,
 	})
 	if err != nil {
 		return fail(err)
