@@ -439,7 +439,9 @@ func TestWebReconnect(t *testing.T) {
 	}
 	alice.setOffline(true)
 
-	env["CHAT_JWT_SECRET"] = "" // dev mode: the pages' dev tokens stay valid
+	// Dev mode (asked for by name, with PostgreSQL): the pages' dev tokens
+	// stay valid.
+	env["CHAT_JWT_SECRET"], env["CHAT_DEV_MODE"] = "", "true"
 	webStartChatdAt(t, c1.Addr(), env)
 	bob.waitReady() // bob reconnected to the new process by himself
 	for i := range 5 {
