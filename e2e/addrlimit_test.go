@@ -108,3 +108,28 @@ func TestConnLimitPerAddress(t *testing.T) {
 	}
 	wantRefused(t, "127.0.0.2 at its limit again", alDial(t, n1, "127.0.0.2", "al-g", nil), http.StatusTooManyRequests)
 }
+
+// TestConnLimitPerAddressSingleNode: without Redis the limit is the node's
+// own: an address's second connection is refused with 429, another
+// address connects, and a closed connection frees its slot.
+func TestConnLimitPerAddressSingleNode(t *testing.T) {
+	t.Parallel()
+	c := startServer(t, map[string]string{"CHAT_MAX_CONNS_PER_IP": "1", "CHAT_MAX_CONNS_PER_USER": "0"})
+	first := alUpgraded(t, "127.0.0.2's connection", alDial(t, c, "127.0.0.2", "sn-a", nil))
+	wantRefused(t, "127.0.0.2's second connection", alDial(t, c, "127.0.0.2", "sn-b", nil), http.StatusTooManyRequests)
+	alUpgraded(t, "127.0.0.3's connection", alDial(t, c, "127.0.0.3", "sn-a", nil))
+	if err := first.Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := alDial(t, c, "127.0.0.2", "sn-c", nil)
+		if r.conn != nil {
+			break
+		}
+		if r.status != http.StatusTooManyRequests || time.Now().After(deadline) {
+			t.Fatalf("127.0.0.2 after closing its connection: status %d (err %v, body %q), want 101 within 10s", r.status, r.err, r.body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
