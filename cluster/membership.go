@@ -35,6 +35,8 @@ const (
 const (
 	// DefaultGossipPort is the memberlist port used when BindAddr is empty.
 	DefaultGossipPort = 7946
+	// DefaultGossipLabel is the label of chatd's gossip (MembershipConfig.Label).
+	DefaultGossipLabel = "chatd"
 
 	defaultRejoinInterval = 5 * time.Second
 	defaultMetaInterval   = 2 * time.Second
@@ -160,6 +162,17 @@ type MembershipConfig struct {
 	// node is declared dead after about SuspicionMult * ProbeInterval (times
 	// log10 of the cluster size, for clusters above 10). Zero: the profile's.
 	SuspicionMult int
+	// SecretKey encrypts and authenticates every gossip packet and stream
+	// (AES-GCM, memberlist's keyring): 16, 24 or 32 bytes for AES-128, -192
+	// or -256. A node with another key, or none, cannot join, add members
+	// or declare anyone dead: its messages are dropped. Every node of a
+	// cluster must use the same key. Nil: gossip is plaintext and anyone
+	// who reaches the gossip port is believed.
+	SecretKey []byte
+	// Label is written on every gossip packet and stream (and is the
+	// encryption's authenticated data): a node with another label is kept
+	// out, whatever its key. Empty: DefaultGossipLabel.
+	Label string
 	// Logger receives membership events and memberlist's own log lines
 	// (errors and warnings at warn, the rest at debug). Nil: discarded.
 	Logger *slog.Logger
@@ -254,6 +267,23 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	}
 	if cfg.SuspicionMult > 0 {
 		mc.SuspicionMult = cfg.SuspicionMult
+	}
+	if cfg.SecretKey != nil {
+		if err := memberlist.ValidateKey(cfg.SecretKey); err != nil {
+			return nil, fmt.Errorf("cluster: membership: SecretKey is %d bytes, want 16, 24 or 32 (AES-128, -192 or -256)", len(cfg.SecretKey))
+		}
+		// Copied: memberlist's keyring keeps the slice.
+		mc.SecretKey = slices.Clone(cfg.SecretKey)
+		// Both default to true; kept so: a plaintext or wrongly keyed
+		// message is dropped, never believed.
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
+	mc.Label = cfg.Label
+	if mc.Label == "" {
+		mc.Label = DefaultGossipLabel
+	}
+	if len(mc.Label) > memberlist.LabelMaxSize {
+		return nil, fmt.Errorf("cluster: membership: Label is %d bytes, over memberlist's %d", len(mc.Label), memberlist.LabelMaxSize)
 	}
 
 	bind := cfg.BindAddr

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -452,6 +453,8 @@ func TestMembershipConfigErrors(t *testing.T) {
 		{"bad advertise", MembershipConfig{NodeName: "n", AdvertiseAddr: "pod.local:7946"}, "AdvertiseAddr"},
 		{"bad seed", MembershipConfig{NodeName: "n", Join: []string{"10.0.0.1:x"}}, "Join"},
 		{"negative interval", MembershipConfig{NodeName: "n", RejoinInterval: -time.Second}, "negative"},
+		{"short key", MembershipConfig{NodeName: "n", SecretKey: make([]byte, 10)}, "SecretKey is 10 bytes"},
+		{"long label", MembershipConfig{NodeName: "n", Label: strings.Repeat("x", 256)}, "Label"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -547,3 +550,42 @@ func (h *recordHandler) Handle(_ context.Context, r slog.Record) error {
 }
 func (h *recordHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *recordHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestMembershipKeyKeepsStrangersOut: two nodes sharing a SecretKey form a
+// cluster; a node with another key, one with no key and one with the key
+// but another label keep trying to join them (every 100 ms) and are never
+// listed by either, nor ever see them; the keyed pair never loses each
+// other.
+func TestMembershipKeyKeepsStrangersOut(t *testing.T) {
+	keyA, keyB := bytes.Repeat([]byte{0xa}, 32), bytes.Repeat([]byte{0xb}, 16)
+	withKey := func(key []byte, label string) func(*MembershipConfig) {
+		return func(c *MembershipConfig) { c.SecretKey, c.Label = key, label }
+	}
+	a := startNode(t, "keyed-a", "", nil, withKey(keyA, ""))
+	seed := []string{a.m.LocalAddr()}
+	b := startNode(t, "keyed-b", "", seed, withKey(keyA, ""))
+	eventually(t, 10*time.Second, func() string { return allSee([]*testNode{a, b}, a, b) })
+
+	strangers := []*testNode{
+		startNode(t, "other-key", "", seed, withKey(keyB, "")),
+		startNode(t, "no-key", "", seed, nil),
+		startNode(t, "other-label", "", seed, withKey(keyA, "not-chatd")),
+	}
+	// Long enough for many join attempts and, were a stranger believed,
+	// for it to be listed and for failure detection to act.
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) {
+		if why := allSee([]*testNode{a, b}, a, b); why != "" {
+			t.Fatalf("a stranger got in or the keyed pair split: %s", why)
+		}
+		for _, s := range strangers {
+			if why := allSee([]*testNode{s}, s); why != "" {
+				t.Fatalf("stranger %s is not alone: %s", s.name, why)
+			}
+		}
+		if l := append(a.leaveCalls(), b.leaveCalls()...); len(l) > 0 {
+			t.Fatalf("the keyed nodes saw leaves: %+v", l)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

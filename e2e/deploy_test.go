@@ -9,6 +9,7 @@ package e2e
 import (
 	"bytes"
 	"debug/elf"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"io/fs"
@@ -63,6 +64,7 @@ type manifests struct {
 	hpas         []*autoscalingv2.HorizontalPodAutoscaler
 	pdbs         []*policyv1.PodDisruptionBudget
 	ingresses    []*networkingv1.Ingress
+	netpols      []*networkingv1.NetworkPolicy
 	jobs         []*batchv1.Job
 	kinds        map[string]int
 }
@@ -111,6 +113,9 @@ func renderManifests(t *testing.T, dir string) *manifests {
 		case "Ingress":
 			v := &networkingv1.Ingress{}
 			m.ingresses, target = append(m.ingresses, v), v
+		case "NetworkPolicy":
+			v := &networkingv1.NetworkPolicy{}
+			m.netpols, target = append(m.netpols, v), v
 		case "Job":
 			target = &batchv1.Job{}
 			m.jobs = append(m.jobs, target.(*batchv1.Job))
@@ -344,7 +349,7 @@ func checkChatd(t *testing.T, m *manifests, external bool) {
 	}
 	// And the ones a clustered production pod needs are there.
 	for _, name := range []string{"CHAT_NODE_NAME", "CHAT_CLUSTER_ADVERTISE", "CHAT_JWT_SECRET", "CHAT_DATABASE_URL",
-		"CHAT_ADMIN_TOKEN", "CHAT_REDIS_URL", "CHAT_CLUSTER_JOIN", "CHAT_SHUTDOWN_TIMEOUT", "CHAT_MIGRATE"} {
+		"CHAT_ADMIN_TOKEN", "CHAT_REDIS_URL", "CHAT_CLUSTER_JOIN", "CHAT_SHUTDOWN_TIMEOUT", "CHAT_MIGRATE", "CHAT_CLUSTER_KEY"} {
 		if _, ok := env[name]; !ok {
 			t.Errorf("Deployment chatd does not set %s", name)
 		}
@@ -355,7 +360,7 @@ func checkChatd(t *testing.T, m *manifests, external bool) {
 	if got := env["CHAT_CLUSTER_ADVERTISE"]; got != "<fieldRef:status.podIP>" {
 		t.Errorf("CHAT_CLUSTER_ADVERTISE = %s, want the pod IP (fieldRef status.podIP)", got)
 	}
-	for _, name := range []string{"CHAT_JWT_SECRET", "CHAT_DATABASE_URL", "CHAT_ADMIN_TOKEN"} {
+	for _, name := range []string{"CHAT_JWT_SECRET", "CHAT_DATABASE_URL", "CHAT_ADMIN_TOKEN", "CHAT_CLUSTER_KEY"} {
 		found := false
 		for _, e := range c.Env {
 			if e.Name == name && e.ValueFrom != nil && e.ValueFrom.SecretKeyRef != nil {
@@ -364,6 +369,12 @@ func checkChatd(t *testing.T, m *manifests, external bool) {
 		}
 		if !found {
 			t.Errorf("%s does not come from a Secret (secretKeyRef)", name)
+		}
+	}
+	if !external {
+		// The gossip key is one chatd accepts: base64 of 16, 24 or 32 bytes.
+		if k, err := base64.StdEncoding.DecodeString(env["CHAT_CLUSTER_KEY"]); err != nil || len(k) != 16 && len(k) != 24 && len(k) != 32 {
+			t.Errorf("CHAT_CLUSTER_KEY %q is not base64 of 16, 24 or 32 bytes (%d bytes, %v)", env["CHAT_CLUSTER_KEY"], len(k), err)
 		}
 	}
 	if env["CHAT_MIGRATE"] != "false" {
@@ -535,6 +546,8 @@ func checkChatd(t *testing.T, m *manifests, external bool) {
 		t.Errorf("Service %s does not expose the gossip port %s over TCP and UDP: %+v", seedName, jp, seeds.Spec.Ports)
 	}
 
+	checkNetworkPolicy(t, m, c, podLabels, httpPort, gossipPort)
+
 	// HPA: scales this Deployment, on CPU.
 	if len(m.hpas) != 1 {
 		t.Fatalf("%d HorizontalPodAutoscalers, want 1", len(m.hpas))
@@ -625,6 +638,84 @@ func checkChatd(t *testing.T, m *manifests, external bool) {
 	}
 }
 
+// checkNetworkPolicy checks that one NetworkPolicy selects the chatd pods
+// and admits their gossip port (TCP and UDP) only from chatd pods, while
+// their HTTP port is open to every source (the ingress controller).
+func checkNetworkPolicy(t *testing.T, m *manifests, c corev1.Container, podLabels labels.Set, httpPort, gossipPort int32) {
+	t.Helper()
+	var np *networkingv1.NetworkPolicy
+	for _, p := range m.netpols {
+		if sel, err := labelSelector(p.Spec.PodSelector.MatchLabels); err == nil && sel.Matches(podLabels) {
+			if np != nil {
+				t.Errorf("NetworkPolicies %s and %s both select the chatd pods", np.Name, p.Name)
+			}
+			np = p
+		}
+	}
+	if np == nil {
+		t.Error("no NetworkPolicy selects the chatd pods: any pod reaching the gossip port can add members")
+		return
+	}
+	if !slices.Contains(np.Spec.PolicyTypes, networkingv1.PolicyTypeIngress) {
+		t.Errorf("NetworkPolicy %s does not restrict ingress: policyTypes %v", np.Name, np.Spec.PolicyTypes)
+	}
+	// For each port and protocol: is it admitted from anywhere, from chatd
+	// pods, from something else?
+	type access struct{ anywhere, chatd, other bool }
+	got := map[string]*access{}
+	key := func(port int32, proto corev1.Protocol) string { return fmt.Sprintf("%d/%s", port, proto) }
+	for _, rule := range np.Spec.Ingress {
+		var ports []string
+		if len(rule.Ports) == 0 {
+			t.Errorf("NetworkPolicy %s: an ingress rule admits every port: %+v", np.Name, rule)
+			continue
+		}
+		for _, p := range rule.Ports {
+			proto := corev1.ProtocolTCP
+			if p.Protocol != nil {
+				proto = *p.Protocol
+			}
+			if p.Port == nil || p.EndPort != nil {
+				t.Errorf("NetworkPolicy %s: a rule admits a port range or every port of %s", np.Name, proto)
+				continue
+			}
+			ports = append(ports, key(resolvePort(t, "NetworkPolicy "+np.Name, c, *p.Port, proto), proto))
+		}
+		for _, k := range ports {
+			a := got[k]
+			if a == nil {
+				a = &access{}
+				got[k] = a
+			}
+			if len(rule.From) == 0 {
+				a.anywhere = true
+			}
+			for _, peer := range rule.From {
+				// An empty or expression selector (every pod, or some set
+				// this check does not evaluate) counts as "other".
+				sel, err := labelSelector(nil)
+				if peer.PodSelector != nil && len(peer.PodSelector.MatchExpressions) == 0 {
+					sel, err = labelSelector(peer.PodSelector.MatchLabels)
+				}
+				if err == nil && peer.NamespaceSelector == nil && peer.IPBlock == nil && sel.Matches(podLabels) {
+					a.chatd = true
+				} else {
+					a.other = true
+				}
+			}
+		}
+	}
+	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP} {
+		a := got[key(gossipPort, proto)]
+		if a == nil || !a.chatd || a.anywhere || a.other {
+			t.Errorf("NetworkPolicy %s: gossip port %s is admitted %+v, want from chatd pods only", np.Name, key(gossipPort, proto), a)
+		}
+	}
+	if a := got[key(httpPort, corev1.ProtocolTCP)]; a == nil || !a.anywhere {
+		t.Errorf("NetworkPolicy %s: HTTP port %d is admitted %+v, want from anywhere (the ingress controller)", np.Name, httpPort, a)
+	}
+}
+
 func labelSelector(ml map[string]string) (labels.Selector, error) {
 	if len(ml) == 0 {
 		return nil, fmt.Errorf("empty selector")
@@ -637,7 +728,7 @@ func TestManifestsBase(t *testing.T) {
 		t.Run(strings.ReplaceAll(dir, "/", "_"), func(t *testing.T) {
 			m := renderManifests(t, dir)
 			t.Logf("%s renders %v", dir, m.kinds)
-			for _, kind := range []string{"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress", "Job"} {
+			for _, kind := range []string{"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Ingress", "Job", "NetworkPolicy"} {
 				if m.kinds[kind] == 0 {
 					t.Errorf("%s renders no %s", dir, kind)
 				}

@@ -185,10 +185,14 @@ func TestDevToken(t *testing.T) {
 			wantJSONError(t, "POST /api/dev/token "+b[:min(len(b), 20)], header, body)
 		}
 
-		// The token command without a secret signs dev tokens.
-		tok, err := cliToken(t, nil, "--user", "carol")
+		// The token command without a secret refuses, unless dev mode is
+		// asked for; then it signs dev tokens.
+		if out, err := cliToken(t, nil, "--user", "carol"); err == nil || out != "" {
+			t.Fatalf("chatd token --user carol with no secret and no --dev: printed %q, err %v; want a refusal", out, err)
+		}
+		tok, err := cliToken(t, nil, "--user", "carol", "--dev")
 		if err != nil {
-			t.Fatalf("chatd token --user carol (dev): %v", err)
+			t.Fatalf("chatd token --user carol --dev: %v", err)
 		}
 		mustDial(t, socketURL(c, "vsn", "2.0.0", "token", tok), nil).Close(websocket.StatusNormalClosure, "")
 		// A real secret's tokens do not open a dev server.

@@ -284,10 +284,11 @@ func (p *webPage) checkExactly(bodies ...string) []webMsg {
 }
 
 // webDevServer starts a single chatd node in dev mode (no secret: the page
-// gets its token from POST /api/dev/token) with extra env.
+// gets its token from POST /api/dev/token) with extra env. Dev mode is
+// asked for by name (CHAT_DEV_MODE), as it must be with PostgreSQL.
 func webDevServer(t *testing.T, extra map[string]string) *testsvc.Chatd {
 	t.Helper()
-	env := map[string]string{"CHAT_JWT_SECRET": "", "CHAT_USER_RATE": "0"}
+	env := map[string]string{"CHAT_JWT_SECRET": "", "CHAT_DEV_MODE": "true", "CHAT_USER_RATE": "0"}
 	for k, v := range extra {
 		env[k] = v
 	}
@@ -438,7 +439,9 @@ func TestWebReconnect(t *testing.T) {
 	}
 	alice.setOffline(true)
 
-	env["CHAT_JWT_SECRET"] = "" // dev mode: the pages' dev tokens stay valid
+	// Dev mode (asked for by name, with PostgreSQL): the pages' dev tokens
+	// stay valid.
+	env["CHAT_JWT_SECRET"], env["CHAT_DEV_MODE"] = "", "true"
 	webStartChatdAt(t, c1.Addr(), env)
 	bob.waitReady() // bob reconnected to the new process by himself
 	for i := range 5 {

@@ -104,7 +104,9 @@ start_node() {
 		CHAT_DATABASE_URL=$WORK/node$n.db CHAT_LOG_LEVEL=warn
 		CHAT_USER_RATE=0 CHAT_MAX_CONNS_PER_USER=0)
 	if [ "$2" = yes ]; then
-		env+=(CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+		# No secret (chatload signs dev tokens): dev mode with Redis is
+		# asked for by name.
+		env+=(CHAT_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 CHAT_DEV_MODE=true
 			CHAT_CLUSTER_ADDR=127.0.0.1:$((PORT_BASE + 10 + n))
 			CHAT_CLUSTER_PROFILE=local)
 		[ "$n" -gt 1 ] && env+=(CHAT_CLUSTER_JOIN=127.0.0.1:$((PORT_BASE + 11)))

@@ -25,10 +25,11 @@ const (
 	RefusedAuth        = "auth"        // a bad or missing token: 401
 	RefusedOrigin      = "origin"      // a foreign browser origin: 403
 	RefusedLimit       = "limit"       // over CHAT_MAX_CONNS_PER_USER: 429
+	RefusedAddrLimit   = "addr_limit"  // over CHAT_MAX_CONNS_PER_IP: 429
 	RefusedUnavailable = "unavailable" // the limit could not be checked: 503
 )
 
-var refusalReasons = []string{RefusedVersion, RefusedDraining, RefusedAuth, RefusedOrigin, RefusedLimit, RefusedUnavailable}
+var refusalReasons = []string{RefusedVersion, RefusedDraining, RefusedAuth, RefusedOrigin, RefusedLimit, RefusedAddrLimit, RefusedUnavailable}
 
 // MetricsSources are the components /metrics reads besides the hub. Each
 // nil field leaves its metrics out. The functions are called on every

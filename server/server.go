@@ -79,6 +79,9 @@ type Options struct {
 	Hub *chat.Hub
 	// Limiter caps connections per user. Nil: no limit.
 	Limiter chat.ConnLimiter
+	// AddrLimiter caps connections per client address (ClientIP, so
+	// TrustedProxies applies), keyed by the address. Nil: no limit.
+	AddrLimiter chat.ConnLimiter
 	// Checks are the shared dependencies (database, Redis): /health/ready
 	// reports them in its body and /metrics as chatd_dependency_up; they
 	// do not decide readiness.
@@ -107,13 +110,15 @@ type Server struct {
 	devMode bool
 	hub     *chat.Hub
 	limiter chat.ConnLimiter
-	checks  []Check
-	pager   MessagePager
-	stats   StatsFunc
-	metrics *Metrics
-	log     *slog.Logger
-	mux     *http.ServeMux
-	proxies *TrustedProxies
+	// addrLimiter caps connections per client address; nil: no limit.
+	addrLimiter chat.ConnLimiter
+	checks      []Check
+	pager       MessagePager
+	stats       StatsFunc
+	metrics     *Metrics
+	log         *slog.Logger
+	mux         *http.ServeMux
+	proxies     *TrustedProxies
 	// revocations is checked on every client token.
 	revocations chat.Revocations
 	// public are the rooms of Config.PublicRooms, shared by every
@@ -167,17 +172,18 @@ func New(cfg Config, opts Options) (*Server, error) {
 		}
 	}
 	s := &Server{
-		cfg:     cfg,
-		secret:  cfg.JWTSecret,
-		devMode: len(cfg.JWTSecret) == 0,
-		hub:     opts.Hub,
-		limiter: opts.Limiter,
-		checks:  opts.Checks,
-		pager:   opts.Messages,
-		stats:   opts.Stats,
-		metrics: opts.Metrics,
-		log:     opts.Logger,
-		mux:     http.NewServeMux(),
+		cfg:         cfg,
+		secret:      cfg.JWTSecret,
+		devMode:     len(cfg.JWTSecret) == 0,
+		hub:         opts.Hub,
+		limiter:     opts.Limiter,
+		addrLimiter: opts.AddrLimiter,
+		checks:      opts.Checks,
+		pager:       opts.Messages,
+		stats:       opts.Stats,
+		metrics:     opts.Metrics,
+		log:         opts.Logger,
+		mux:         http.NewServeMux(),
 
 		revocations: opts.Revocations,
 
@@ -494,30 +500,25 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	connID := requestID(r.Context())
-	release := func() {}
-	if s.limiter != nil {
-		// The slot is named by the server: a client-chosen X-Request-ID
-		// repeated on many handshakes must not share one slot.
-		slotID := newRequestID()
-		if err := s.limiter.Acquire(r.Context(), user, slotID); err != nil {
-			if errors.Is(err, chat.ErrTooManyConnections) {
-				log().Info("connection refused", "reason", "limit", "user_id", user)
-				s.metrics.refuse(RefusedLimit)
-				writeError(w, http.StatusTooManyRequests, "too_many_connections", "this user holds as many connections as allowed")
-				return
-			}
-			log().Warn("connection limit check failed", "err", err)
-			s.metrics.refuse(RefusedUnavailable)
-			writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
-			return
-		}
-		release = func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			if err := s.limiter.Release(ctx, user, slotID); err != nil {
-				log().Warn("connection slot release failed", "err", err)
-			}
-		}
+	// The slots are named by the server: a client-chosen X-Request-ID
+	// repeated on many handshakes must not share one slot. The address's
+	// slot is taken first: a flood from one address stops there.
+	slotID := newRequestID()
+	addr := ClientIP(r)
+	releaseAddr, ok := s.takeSlot(w, r, log, s.addrLimiter, addr, slotID, RefusedAddrLimit,
+		"this address holds as many connections as allowed", "remote")
+	if !ok {
+		return
+	}
+	releaseUser, ok := s.takeSlot(w, r, log, s.limiter, user, slotID, RefusedLimit,
+		"this user holds as many connections as allowed", "user_id")
+	if !ok {
+		releaseAddr()
+		return
+	}
+	release := func() {
+		releaseUser()
+		releaseAddr()
 	}
 	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
 	// no longer waits for this handler, ours does.
@@ -546,6 +547,36 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt, Grants: grants})
 		log().Info("disconnected", "user_id", user, "err", err)
 	}()
+}
+
+// takeSlot takes key's slot slotID from l (nil: no limit) for a handshake.
+// When l refuses or fails it answers w (429, or 503 when the limit could
+// not be checked) and returns false; else it returns the slot's release.
+// attr names key in the log line of a refusal.
+func (s *Server) takeSlot(w http.ResponseWriter, r *http.Request, log func() *slog.Logger, l chat.ConnLimiter,
+	key, slotID, reason, message, attr string) (release func(), ok bool) {
+	if l == nil {
+		return func() {}, true
+	}
+	if err := l.Acquire(r.Context(), key, slotID); err != nil {
+		if errors.Is(err, chat.ErrTooManyConnections) {
+			log().Info("connection refused", "reason", reason, attr, key)
+			s.metrics.refuse(reason)
+			writeError(w, http.StatusTooManyRequests, "too_many_connections", message)
+			return nil, false
+		}
+		log().Warn("connection limit check failed", "limit", reason, "err", err)
+		s.metrics.refuse(RefusedUnavailable)
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "connection limit check failed")
+		return nil, false
+	}
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := l.Release(ctx, key, slotID); err != nil {
+			log().Warn("connection slot release failed", "limit", reason, "err", err)
+		}
+	}, true
 }
 
 // originAllowed applies the same-origin rule plus AllowedOrigins to a

@@ -166,6 +166,10 @@ func (db *DB) Close() error {
 	return nil
 }
 
+// IsPostgresURL reports whether Open takes dsn for a PostgreSQL URL (else
+// it is an SQLite file).
+func IsPostgresURL(dsn string) bool { return isPostgresURL(dsn) }
+
 func isPostgresURL(dsn string) bool {
 	lower := strings.ToLower(dsn)
 	return strings.HasPrefix(lower, "postgres://") || strings.HasPrefix(lower, "postgresql://")

@@ -107,7 +107,9 @@ func token(args []string, stdout, stderr io.Writer) error {
 	fs.Var(&rooms, "room", "room pattern the token may join, read and post in (its rooms claim); repeatable, or a comma list")
 	fs.Var(&readRooms, "read-room", "room pattern the token may join and read only (its read_rooms claim); repeatable, or a comma list")
 	fs.DurationVar(&ttl, "ttl", server.DefaultMaxTokenTTL, "how long the token is valid (chatd serve refuses tokens that live longer than its CHAT_MAX_TOKEN_TTL, 24h by default)")
-	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret; empty signs a dev-mode token")
+	var dev bool
+	f.stringVar(&secret, "jwt-secret", "CHAT_JWT_SECRET", "", "HS256 secret (required unless --dev)")
+	f.boolVar(&dev, "dev", "CHAT_DEV_MODE", false, "with no secret, sign with the public dev-mode secret (for a dev-mode server only)")
 	if err := f.parse(args); err != nil {
 		return err
 	}
@@ -116,6 +118,9 @@ func token(args []string, stdout, stderr io.Writer) error {
 	}
 	key := []byte(secret)
 	if len(key) == 0 {
+		if !dev {
+			return errors.New("token: no CHAT_JWT_SECRET (--jwt-secret) set: refusing to sign with the public dev-mode secret; pass --dev (CHAT_DEV_MODE=true) for a dev-mode server")
+		}
 		fmt.Fprintln(stderr, "chatd token: no CHAT_JWT_SECRET set; signing a DEV MODE token")
 		key = []byte(server.DevSecret)
 	}

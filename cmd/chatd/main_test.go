@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"strings"
@@ -39,6 +40,9 @@ func TestServeConfigRejectsBadValues(t *testing.T) {
 		"CHAT_SHUTDOWN_TIMEOUT":   "soon",
 		"CHAT_READ_LIMIT":         "10",
 		"CHAT_MIGRATE":            "perhaps",
+		"CHAT_MAX_CONNS_PER_IP":   "-2",
+		"CHAT_CLUSTER_KEY":        "not base64!",
+		"CHAT_DEV_MODE":           "sometimes",
 	} {
 		t.Run(env, func(t *testing.T) {
 			t.Setenv(env, val)
@@ -64,6 +68,29 @@ func TestTokenCommand(t *testing.T) {
 	}
 	if err := run(t.Context(), []string{"token"}, &out, &errOut); err == nil {
 		t.Fatal("token without --user accepted")
+	}
+
+	// No secret: a refusal, not a token signed with the public dev secret,
+	// unless dev mode is asked for.
+	t.Setenv("CHAT_JWT_SECRET", "")
+	out.Reset()
+	err := run(t.Context(), []string{"token", "--user", "mallory"}, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "CHAT_JWT_SECRET") || out.Len() != 0 {
+		t.Fatalf("token with no secret: err %v, printed %q; want a refusal naming CHAT_JWT_SECRET and nothing printed", err, out.String())
+	}
+	for _, dev := range [][]string{{"--dev"}, {"--dev=true"}} {
+		out.Reset()
+		if err := run(t.Context(), append([]string{"token", "--user", "dave"}, dev...), &out, &errOut); err != nil {
+			t.Fatalf("token %v: %v", dev, err)
+		}
+		if user, err := server.ParseToken([]byte(server.DevSecret), strings.TrimSpace(out.String())); err != nil || user != "dave" {
+			t.Fatalf("token %v: %q is not a dev token for dave: %q, %v", dev, out.String(), user, err)
+		}
+	}
+	t.Setenv("CHAT_DEV_MODE", "true")
+	out.Reset()
+	if err := run(t.Context(), []string{"token", "--user", "erin"}, &out, &errOut); err != nil || out.Len() == 0 {
+		t.Fatalf("token with CHAT_DEV_MODE=true: %v", err)
 	}
 	if err := run(t.Context(), []string{"bogus"}, &out, &errOut); err == nil {
 		t.Fatal("unknown command accepted")
@@ -108,5 +135,68 @@ func TestPublicRoomsFlag(t *testing.T) {
 		if fmt.Sprint(got) != tc.want || got == nil {
 			t.Errorf("%q: public rooms %#v, want %s (never nil)", tc.args, got, tc.want)
 		}
+	}
+}
+
+// TestServeRefusesDevModeWithSharedServices: with PostgreSQL or Redis
+// configured and no secret, `chatd serve` refuses to start (before it opens
+// anything) unless dev mode is asked for; SQLite alone runs in dev mode.
+func TestServeRefusesDevModeWithSharedServices(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		env    map[string]string
+		args   []string
+		refuse bool
+	}{
+		{"postgres", map[string]string{"CHAT_DATABASE_URL": "postgres://u:p@127.0.0.1:1/db"}, nil, true},
+		{"postgresql upper case", map[string]string{"CHAT_DATABASE_URL": "POSTGRESQL://u:p@127.0.0.1:1/db"}, nil, true},
+		{"redis", map[string]string{"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}, nil, true},
+		{"redis by flag", nil, []string{"--redis-url", "redis://127.0.0.1:1/0"}, true},
+		{"postgres with dev mode", map[string]string{"CHAT_DATABASE_URL": "postgres://u:p@127.0.0.1:1/db", "CHAT_DEV_MODE": "true"}, nil, false},
+		{"redis with --dev", map[string]string{"CHAT_REDIS_URL": "redis://127.0.0.1:1/0"}, []string{"--dev"}, false},
+		{"postgres with a secret", map[string]string{"CHAT_DATABASE_URL": "postgres://u:p@127.0.0.1:1/db", "CHAT_JWT_SECRET": "s"}, nil, false},
+		{"sqlite", map[string]string{"CHAT_DATABASE_URL": "chat.db"}, nil, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("CHAT_JWT_SECRET", "")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			args := tc.args
+			c, err := parseServe(args, io.Discard)
+			if !tc.refuse {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), "CHAT_JWT_SECRET") || !strings.Contains(err.Error(), "CHAT_DEV_MODE") {
+				t.Fatalf("parsed %+v, err %v; want a refusal naming CHAT_JWT_SECRET and CHAT_DEV_MODE", c, err)
+			}
+			// The whole command refuses the same way, before any I/O.
+			var stderr bytes.Buffer
+			if err := run(t.Context(), append([]string{"serve"}, args...), io.Discard, &stderr); err == nil || !strings.Contains(err.Error(), "CHAT_DEV_MODE") {
+				t.Fatalf("chatd serve: %v; want the dev-mode refusal", err)
+			}
+		})
+	}
+}
+
+func TestServeClusterKey(t *testing.T) {
+	for _, n := range []int{16, 24, 32} {
+		key := bytes.Repeat([]byte{byte(n)}, n)
+		t.Setenv("CHAT_CLUSTER_KEY", base64.StdEncoding.EncodeToString(key))
+		c, err := parseServe(nil, io.Discard)
+		if err != nil || !bytes.Equal(c.clusterKey, key) {
+			t.Fatalf("%d-byte key: %v, %x", n, err, c.clusterKey)
+		}
+	}
+	t.Setenv("CHAT_CLUSTER_KEY", base64.StdEncoding.EncodeToString(make([]byte, 20)))
+	if _, err := parseServe(nil, io.Discard); err == nil || !strings.Contains(err.Error(), "20 bytes") {
+		t.Fatalf("a 20-byte key: %v, want an error naming its size", err)
+	}
+	t.Setenv("CHAT_CLUSTER_KEY", "")
+	if c, err := parseServe(nil, io.Discard); err != nil || c.clusterKey != nil || c.maxConnsPerIP != 0 {
+		t.Fatalf("defaults: %v, key %x, max-conns-per-ip %d", err, c.clusterKey, c.maxConnsPerIP)
 	}
 }

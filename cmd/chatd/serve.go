@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +37,10 @@ type serveConfig struct {
 	batchWait                     time.Duration
 
 	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
+	clusterKey                                                           []byte // decoded CHAT_CLUSTER_KEY
+
+	maxConnsPerIP int
+	devMode       bool
 
 	logLevel, logFormat string
 	trustedProxies      string
@@ -78,6 +83,10 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.stringVar(&c.clusterJoin, "cluster-join", "CHAT_CLUSTER_JOIN", "", "comma list of seeds: host:port, or a DNS name such as a headless service")
 	f.stringVar(&c.clusterAdvertise, "cluster-advertise", "CHAT_CLUSTER_ADVERTISE", "", "ip or ip:port other nodes reach this node's gossip at (default: picked from the bind address)")
 	f.stringVar(&c.clusterProfile, "cluster-profile", "CHAT_CLUSTER_PROFILE", cluster.ProfileLAN, "failure detection timing: lan, wan or local")
+	var clusterKey string
+	f.stringVar(&clusterKey, "cluster-key", "CHAT_CLUSTER_KEY", "", "base64 of a 16, 24 or 32-byte key encrypting gossip (every node the same; e.g. openssl rand -base64 32); empty: plaintext gossip")
+	f.intVar(&c.maxConnsPerIP, "max-conns-per-ip", "CHAT_MAX_CONNS_PER_IP", 0, "connections one client address may hold (0: no limit)")
+	f.boolVar(&c.devMode, "dev", "CHAT_DEV_MODE", false, "allow dev mode (no CHAT_JWT_SECRET) with PostgreSQL or Redis")
 	f.stringVar(&c.logLevel, "log-level", "CHAT_LOG_LEVEL", "info", "debug, info, warn or error")
 	f.stringVar(&c.logFormat, "log-format", "CHAT_LOG_FORMAT", "auto", "json, text, or auto (text on a terminal)")
 	if err := f.parse(args); err != nil {
@@ -87,8 +96,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
 	switch {
-	case c.maxConns < 0, c.userRate < 0, c.joinRate < 0:
-		return nil, errors.New("serve: max-conns-per-user, user-rate and join-rate must not be negative")
+	case c.maxConns < 0, c.maxConnsPerIP < 0, c.userRate < 0, c.joinRate < 0:
+		return nil, errors.New("serve: max-conns-per-user, max-conns-per-ip, user-rate and join-rate must not be negative")
 	case c.userBurst < 1, c.joinBurst < 1, c.maxBody < 1, c.maxChannels < 1:
 		return nil, errors.New("serve: user-burst, join-burst, max-body and max-channels must be positive")
 	case c.readLimit < 1024:
@@ -100,6 +109,22 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	}
 	if c.nodeName == "" {
 		c.nodeName = "chatd"
+	}
+	if clusterKey != "" {
+		key, err := base64.StdEncoding.DecodeString(clusterKey)
+		if err != nil {
+			return nil, fmt.Errorf("serve: cluster-key: not base64: %w", err)
+		}
+		if n := len(key); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("serve: cluster-key: %d bytes, want base64 of 16, 24 or 32 bytes (e.g. openssl rand -base64 32)", n)
+		}
+		c.clusterKey = key
+	}
+	// The public dev secret must not sign tokens for a deployment: with
+	// shared services (PostgreSQL, Redis) dev mode is asked for by name.
+	if c.secret == "" && !c.devMode && (c.redisURL != "" || store.IsPostgresURL(c.dbURL)) {
+		return nil, errors.New("serve: no CHAT_JWT_SECRET with PostgreSQL or Redis configured: set CHAT_JWT_SECRET " +
+			"(dev mode signs tokens with a public secret), or CHAT_DEV_MODE=true (--dev) to run in dev mode anyway")
 	}
 	return c, nil
 }
@@ -268,6 +293,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var membership *cluster.Membership
 	var limiter chat.ConnLimiter = chat.NewMemoryConnLimiter(c.maxConns)
+	// Connections per client address: a limiter of its own (its own Max),
+	// cluster-wide with Redis under a key space of its own.
+	var addrLimiter chat.ConnLimiter
+	var redisAddrLimiter *cluster.RedisConnLimiter
+	if c.maxConnsPerIP > 0 {
+		addrLimiter = chat.NewMemoryConnLimiter(c.maxConnsPerIP)
+	}
 	if redisBroker != nil {
 		if err := redisBroker.Run(); err != nil {
 			return fail(err)
@@ -294,6 +326,19 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		closers = append(closers, closer{"connection limits", func(context.Context) error { return redisLimiter.Close() }})
 		limiter = redisLimiter
+		if c.maxConnsPerIP > 0 {
+			redisAddrLimiter, err = cluster.NewRedisConnLimiter(cluster.RedisConnLimiterConfig{
+				URL: c.redisURL, Prefix: "chatd:ip", NodeName: c.nodeName, Max: c.maxConnsPerIP, Logger: log,
+			})
+			if err != nil {
+				return fail(err)
+			}
+			if err := redisAddrLimiter.Run(); err != nil {
+				return fail(err)
+			}
+			closers = append(closers, closer{"address connection limits", func(context.Context) error { return redisAddrLimiter.Close() }})
+			addrLimiter = redisAddrLimiter
+		}
 
 		membership, err = cluster.NewMembership(cluster.MembershipConfig{
 			NodeName:      c.nodeName,
@@ -301,6 +346,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			AdvertiseAddr: c.clusterAdvertise,
 			Join:          cluster.ParseSeeds(c.clusterJoin),
 			Profile:       c.clusterProfile,
+			SecretKey:     c.clusterKey,
 			Logger:        log,
 			Meta: func() cluster.NodeMeta {
 				st := hub.Stats()
@@ -310,6 +356,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		})
 		if err != nil {
 			return fail(err)
+		}
+		if c.clusterKey == nil {
+			log.Warn("gossip is not encrypted: anyone who reaches CHAT_CLUSTER_ADDR can add members or declare nodes dead; set CHAT_CLUSTER_KEY")
 		}
 		// A node declared dead leaves its presence, connection slots and
 		// unstored messages behind: every survivor frees the first two
@@ -337,6 +386,13 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 				n, err := redisLimiter.ReleaseNode(ctx, m.Name)
 				if err != nil {
 					log.Warn("connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
+				}
+				if redisAddrLimiter != nil {
+					k, err := redisAddrLimiter.ReleaseNode(ctx, m.Name)
+					if err != nil {
+						log.Warn("address connection slots of a dead node not freed", "dead_node", m.Name, "err", err)
+					}
+					n += k
 				}
 				log.Info("freed what a dead node held", "dead_node", m.Name, "presence_rooms", len(removed), "slots", n)
 			})
@@ -383,13 +439,14 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxTokenTTL:    c.maxTokenTTL,
 		PublicRooms:    publicRooms(c.publicRooms),
 	}, server.Options{
-		Hub:      hub,
-		Limiter:  limiter,
-		Logger:   log,
-		Messages: history,
-		Checks:   checks,
-		Stats:    statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
-		Metrics:  metrics,
+		Hub:         hub,
+		Limiter:     limiter,
+		AddrLimiter: addrLimiter,
+		Logger:      log,
+		Messages:    history,
+		Checks:      checks,
+		Stats:       statsFunc(c.nodeName, hub, writer, membership, redisBroker, checks),
+		Metrics:     metrics,
 
 		Revocations: revocations,
 	})
