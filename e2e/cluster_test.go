@@ -523,6 +523,7 @@ func TestClusterRedisRestart(t *testing.T) {
 	}()
 	clWaitPushes(t, load, 6, 10*time.Second)
 
+	late := psDial(t, nodes[1].Chatd, "late-joiner")
 	down := time.Now()
 	redis.Stop(t)
 	degraded := make([]time.Time, len(nodes)) // when each node first reported redis down
@@ -547,8 +548,9 @@ func TestClusterRedisRestart(t *testing.T) {
 		t.Logf("%s: 3 pushes during the outage answered \"unavailable\" within %s", m.user, time.Since(start).Round(time.Millisecond))
 	}
 	// A join of a room the node is not subscribed to needs Redis: it must
-	// be refused, not acknowledged without a subscription.
-	late := psDial(t, nodes[1].Chatd, "late-joiner")
+	// be refused, not acknowledged without a subscription. (The joiner
+	// connected before the outage: a handshake needs Redis too, for the
+	// token's revocation check.)
 	jctx, jcancel := context.WithTimeout(context.Background(), 15*time.Second)
 	jr, err := late.call(jctx, "room:fresh", "phx_join", struct{}{})
 	jcancel()

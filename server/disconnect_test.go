@@ -133,7 +133,9 @@ func TestDisconnectAndRevoke(t *testing.T) {
 
 	alice = s.dial(t, "alice")
 	got, out = s.apiDisconnect(t, testAPIKey, "alice", `{"revoke": true}`)
-	if got != http.StatusOK || out.Closed != 1 || !out.Revoked || out.RevokedAt == nil {
+	// 1, or 2 when the server has not yet seen the end of tryDial's
+	// connection, closed on the client's side just before.
+	if got != http.StatusOK || out.Closed < 1 || out.Closed > 2 || !out.Revoked || out.RevokedAt == nil {
 		t.Fatalf("disconnect with revoke: HTTP %d %+v", got, out)
 	}
 	wantClosed(t, alice, chat.CloseRevoked, "token revoked")
