@@ -231,6 +231,8 @@ var _ chat.Broker = (*RedisBroker)(nil)
 
 // The Lua scripts of the room log (cluster/lua).
 var (
+	//go:embed lua/order.lua
+	orderLua string
 	//go:embed lua/publish.lua
 	publishLua string
 	//go:embed lua/resolve.lua
@@ -238,8 +240,8 @@ var (
 	//go:embed lua/delete.lua
 	deleteLua string
 
-	publishScript = redis.NewScript(publishLua)
-	resolveScript = redis.NewScript(resolveLua)
+	publishScript = redis.NewScript(orderLua + publishLua)
+	resolveScript = redis.NewScript(orderLua + resolveLua)
 	deleteScript  = redis.NewScript(deleteLua)
 )
 

@@ -14,17 +14,7 @@
 -- Returns {1} when published; {0, last} when the id is not after the log's
 -- last entry (nothing done: a fence refuses its own id this way); {2} when
 -- the id and frame are the log's last message, i.e. a command retried after
--- its reply was lost (nothing done again).
-
--- before compares byte-wise, not with Lua's locale-dependent operators.
-local function before(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
+-- its reply was lost (nothing done again). before() is order.lua's.
 
 local id = ARGV[1]
 if id ~= '' then

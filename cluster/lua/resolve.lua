@@ -19,14 +19,6 @@ for _, e in ipairs(es) do
   end
 end
 local top = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-local function before(a, b)
-  local n = math.min(#a, #b)
-  for i = 1, n do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return #a < #b
-end
 if not top or before(top[2][2], ARGV[1]) then
   redis.call('XADD', KEYS[1], ARGV[2] .. '-*', 'i', ARGV[1], 'n', ARGV[3])
   redis.call('PEXPIRE', KEYS[1], ARGV[4])
