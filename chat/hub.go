@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/chatd/chatd/ws"
 	"github.com/google/uuid"
 )
 
@@ -826,12 +825,12 @@ var ErrDisconnected = errors.New("chat: user disconnected")
 
 // ServeConn runs the protocol on conn until the connection ends, the
 // context is cancelled or the hub shuts down. It owns conn and closes it.
-func (h *Hub) ServeConn(ctx context.Context, conn *ws.Conn, info ConnInfo) error {
+func (h *Hub) ServeConn(ctx context.Context, conn Conn, info ConnInfo) error {
 	s := newSession(h, conn, info)
 	h.sessMu.Lock()
 	if h.draining.Load() {
 		h.sessMu.Unlock()
-		conn.Close(ws.StatusGoingAway, "server shutting down")
+		conn.Close(StatusGoingAway, "server shutting down")
 		conn.CloseNow()
 		return ErrDraining
 	}
@@ -882,7 +881,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 		}
 		go func() {
 			defer func() { <-sem }()
-			s.closeGracefully(ws.StatusGoingAway, "server shutting down")
+			s.closeGracefully(StatusGoingAway, "server shutting down")
 		}()
 	}
 

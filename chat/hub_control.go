@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 	"unicode/utf8"
-
-	"github.com/chatd/chatd/ws"
 )
 
 // The hubs of a cluster send each other commands through the broker, on a
@@ -25,10 +23,10 @@ const controlRoom = "!control"
 const (
 	// CloseDisconnected: the server's operator closed the connection; the
 	// same token may connect again.
-	CloseDisconnected ws.StatusCode = 4001
+	CloseDisconnected StatusCode = 4001
 	// CloseRevoked: the user's tokens were revoked; connecting again needs
 	// a token issued after the revocation.
-	CloseRevoked ws.StatusCode = 4003
+	CloseRevoked StatusCode = 4003
 )
 
 // maxCloseReason is the most bytes of reason a close frame carries.
@@ -60,7 +58,7 @@ const maxKicks = 10_000
 // kick is a user disconnected recently on this node.
 type kick struct {
 	at      time.Time
-	code    ws.StatusCode
+	code    StatusCode
 	reason  string
 	elemIdx uint64 // the kick's place in Hub.kickOrder
 }

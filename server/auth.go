@@ -12,7 +12,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/chatd/chatd/ws"
 )
 
 // MaxUserIDLen bounds the length of a token's subject.
@@ -201,7 +200,7 @@ const (
 // client offered the "phoenix" subprotocol, which the server then selects.
 func socketToken(r *http.Request) (token string, selectPhoenix bool, err error) {
 	var fromProtocol string
-	for _, p := range ws.Subprotocols(r) {
+	for _, p := range subprotocols(r) {
 		switch {
 		case p == phoenixSubprotocol:
 			selectPhoenix = true
@@ -224,4 +223,18 @@ func socketToken(r *http.Request) (token string, selectPhoenix bool, err error) 
 		return "", selectPhoenix, errors.New("invalid token: the authToken subprotocol is not base64url")
 	}
 	return string(b), selectPhoenix, nil
+}
+
+// subprotocols returns the subprotocols a WebSocket handshake offers (its
+// Sec-WebSocket-Protocol headers), in order.
+func subprotocols(r *http.Request) []string {
+	var out []string
+	for _, v := range r.Header.Values("Sec-WebSocket-Protocol") {
+		for p := range strings.SplitSeq(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
 }

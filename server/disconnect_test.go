@@ -14,7 +14,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/chatd/chatd/ws"
 )
 
 const testAPIKey = "test-api-key"
@@ -166,7 +165,7 @@ func TestDisconnectAndRevoke(t *testing.T) {
 }
 
 // wantClosed reads c until its connection ends and checks the close.
-func wantClosed(t *testing.T, c *client, code ws.StatusCode, reason string) {
+func wantClosed(t *testing.T, c *client, code chat.StatusCode, reason string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/chatd/chatd/ws"
 )
 
 // Config holds the server's settings. The zero value of each field picks the
@@ -125,7 +124,7 @@ type Server struct {
 	// connection's grants.
 	public chat.Patterns
 	// wsBufs lends the connections their write buffers.
-	wsBufs ws.BufferPool
+	wsBufs bufferPool
 
 	// baseCtx outlives requests: it is the context of upgraded
 	// connections, cancelled only once they have been closed.
@@ -262,7 +261,7 @@ func (s *Server) Handler() http.Handler {
 // its connection (and its handler) forever. The deadline is lifted once
 // the body has been read, so a long handler (a pprof profile) is not cut
 // short; http.Server's ReadTimeout would also apply to requests without a
-// body. WebSocket upgrades have no body, and Upgrade clears deadlines.
+// body. WebSocket upgrades have no body, and the hijack clears deadlines.
 func (s *Server) withBodyTimeout(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
@@ -523,13 +522,9 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	// Counted before the hijack: once hijacked, the HTTP server's Shutdown
 	// no longer waits for this handler, ours does.
 	s.conns.Add(1)
-	if selectPhoenix {
-		// The phoenix client's authToken offers ["phoenix", the token];
-		// a browser fails the socket unless one offered is selected.
-		w.Header().Set("Sec-WebSocket-Protocol", phoenixSubprotocol)
-	}
-	// The origin was checked above, with a JSON error.
-	conn, err := ws.Upgrade(w, r, &s.wsBufs)
+	// The phoenix client's authToken offers ["phoenix", the token]; a
+	// browser fails the socket unless one offered is selected.
+	conn, err := acceptConn(w, r, selectPhoenix, s.hub.Config().ReadLimit, &s.wsBufs)
 	if err != nil {
 		log().Info("upgrade failed", "err", err)
 		release()
@@ -692,8 +687,8 @@ func (r *statusRecorder) WriteHeader(code int) {
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// Hijack passes the hijack through and records 101: the WebSocket upgrade,
-// the only hijacker, answers 101 itself on the taken-over connection.
+// Hijack passes the hijack through and records 101, the status of the
+// WebSocket upgrade, the only hijacker.
 func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	c, brw, err := http.NewResponseController(r.ResponseWriter).Hijack()
 	if err == nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
@@ -14,7 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/chatd/chatd/ws"
+	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -22,8 +23,7 @@ import (
 type loader struct {
 	cfg     *config
 	log     io.Writer
-	dialers []*net.Dialer // one per source address
-	bufs    ws.BufferPool
+	clients []*http.Client // one per source address
 	next    atomic.Uint64
 	hist    histogram // end-to-end latency of deliveries
 
@@ -49,11 +49,13 @@ func newLoader(cfg *config, log io.Writer) (*loader, error) {
 		sources = defaultSources(n)
 	}
 	for _, src := range sources {
-		l.dialers = append(l.dialers, &net.Dialer{
+		d := &net.Dialer{
 			Timeout:   10 * time.Second,
 			LocalAddr: &net.TCPAddr{IP: src.AsSlice()},
 			Control:   bindAddressNoPort,
-		})
+		}
+		// Upgraded connections leave the transport: it pools nothing.
+		l.clients = append(l.clients, &http.Client{Transport: &http.Transport{DialContext: d.DialContext}})
 	}
 	return l, nil
 }
@@ -78,7 +80,7 @@ const ipBindAddressNoPort = 24
 
 // lconn is one load connection.
 type lconn struct {
-	ws   *ws.Conn
+	ws   *websocket.Conn
 	room string
 	ref  atomic.Uint64
 }
@@ -107,11 +109,14 @@ func (l *loader) dial(ctx context.Context, wg *sync.WaitGroup, target *url.URL, 
 	}
 	u := *target
 	u.RawQuery = url.Values{"vsn": {"2.0.0"}, "token": {tok}}.Encode()
-	dialer := l.dialers[l.next.Add(1)%uint64(len(l.dialers))]
+	client := l.clients[l.next.Add(1)%uint64(len(l.clients))]
 	start := time.Now()
 	dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	conn, err := ws.Dial(dctx, u.String(), &ws.DialOptions{Dialer: dialer, ReadBuffer: 16 << 10, Buffers: &l.bufs})
+	conn, resp, err := websocket.Dial(dctx, u.String(), &websocket.DialOptions{HTTPClient: client})
+	if resp != nil && resp.Body != nil {
+		resp.Body.Close()
+	}
 	if err != nil {
 		return nil, 0, fmt.Errorf("connect %s: %w", user, err)
 	}
@@ -141,7 +146,9 @@ func (l *loader) dial(ctx context.Context, wg *sync.WaitGroup, target *url.URL, 
 }
 
 func (c *lconn) write(frame []byte) error {
-	return c.ws.WriteText(time.Now().Add(10*time.Second), frame)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return c.ws.Write(ctx, websocket.MessageText, frame)
 }
 
 var (
@@ -159,7 +166,7 @@ func (l *loader) read(ctx context.Context, c *lconn, joined chan<- error) {
 	defer stop()
 	first := true
 	for {
-		_, data, err := c.ws.ReadMessage()
+		_, data, err := c.ws.Read(context.Background())
 		if err != nil {
 			if ctx.Err() == nil && !l.closing.Load() {
 				l.dropped.Add(1)
@@ -299,9 +306,18 @@ func connected(conns []*lconn) []*lconn {
 
 func (l *loader) closeAll(conns []*lconn) {
 	l.closing.Store(true)
+	// Each close waits for the server's answer: they run a few at a time.
+	sem := make(chan struct{}, 64)
+	var wg sync.WaitGroup
 	for _, c := range conns {
-		if c != nil {
-			c.ws.Close(ws.StatusNormalClosure, "load done")
+		if c == nil {
+			continue
 		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			c.ws.Close(websocket.StatusNormalClosure, "load done")
+		})
 	}
+	wg.Wait()
 }
