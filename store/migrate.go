@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"path"
-	"strconv"
 	"text/tabwriter"
 
 	"github.com/pressly/goose/v3"
@@ -74,28 +73,33 @@ func newMigrationProvider(db *DB) (*goose.Provider, error) {
 // minutes for another process to finish; it is safe to call from every
 // process at start.
 func (db *DB) MigrateUp(ctx context.Context) error {
-	_, err := db.migrateUp(ctx)
+	_, err := db.MigrateUpReport(ctx)
 	return err
 }
 
-func (db *DB) migrateUp(ctx context.Context) ([]*goose.MigrationResult, error) {
+// MigrateUpReport is MigrateUp that also describes each migration it ran,
+// one line each (e.g. "OK   up 00001_create_messages.sql (2ms)"), the
+// failed one included.
+func (db *DB) MigrateUpReport(ctx context.Context) ([]string, error) {
 	results, err := db.migrations.Up(ctx)
+	lines := make([]string, 0, len(results))
 	for _, r := range results {
+		lines = append(lines, r.String())
 		if r.Error == nil {
 			db.logger.Info("store: migration applied", "migration", path.Base(r.Source.Path),
 				"direction", r.Direction, "duration", r.Duration)
 		}
 	}
 	if err != nil {
-		return results, fmt.Errorf("store: migrate up: %w", err)
+		return lines, fmt.Errorf("store: migrate up: %w", err)
 	}
-	return results, nil
+	return lines, nil
 }
 
 // MigrateDown rolls back the most recently applied migration, one step.
 // With nothing applied it returns an error wrapping ErrNothingToRollBack.
 func (db *DB) MigrateDown(ctx context.Context) error {
-	_, err := db.migrateDown(ctx)
+	_, err := db.MigrateDownReport(ctx)
 	return err
 }
 
@@ -103,17 +107,19 @@ func (db *DB) MigrateDown(ctx context.Context) error {
 // applied.
 var ErrNothingToRollBack = errors.New("no migration to roll back")
 
-func (db *DB) migrateDown(ctx context.Context) (*goose.MigrationResult, error) {
+// MigrateDownReport is MigrateDown that also describes the migration it
+// rolled back, in one line as MigrateUpReport does.
+func (db *DB) MigrateDownReport(ctx context.Context) (string, error) {
 	r, err := db.migrations.Down(ctx)
 	if errors.Is(err, goose.ErrNoNextVersion) {
-		return nil, fmt.Errorf("store: migrate down: %w", ErrNothingToRollBack)
+		return "", fmt.Errorf("store: migrate down: %w", ErrNothingToRollBack)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("store: migrate down: %w", err)
+		return "", fmt.Errorf("store: migrate down: %w", err)
 	}
 	db.logger.Info("store: migration rolled back", "migration", path.Base(r.Source.Path),
 		"duration", r.Duration)
-	return r, nil
+	return r.String(), nil
 }
 
 // SchemaVersion returns the version the database is at and the newest
@@ -146,60 +152,4 @@ func (db *DB) MigrateStatus(ctx context.Context, w io.Writer) error {
 		return fmt.Errorf("store: migrate status: %w", err)
 	}
 	return nil
-}
-
-// MigrateUsage is the synopsis of RunMigrateCommand's arguments.
-const MigrateUsage = `usage: chatd migrate up|down|status
-  up      apply every pending migration (waits for the migration lock on PostgreSQL)
-  down    roll back the most recent migration (one step)
-  status  list migrations, applied or pending`
-
-// RunMigrateCommand runs "chatd migrate ARGS": args is up, down or status
-// (one word). It reports what it did on out and returns an error (with
-// MigrateUsage for bad arguments) when the command failed. "down" with
-// nothing applied is reported, not an error.
-func RunMigrateCommand(ctx context.Context, db *DB, args []string, out io.Writer) error {
-	if len(args) != 1 {
-		return fmt.Errorf("store: migrate: want exactly one argument\n%s", MigrateUsage)
-	}
-	switch args[0] {
-	case "up":
-		results, err := db.migrateUp(ctx)
-		for _, r := range results {
-			fmt.Fprintln(out, r.String())
-		}
-		if err != nil {
-			return err
-		}
-		current, _, err := db.SchemaVersion(ctx)
-		if err != nil {
-			return err
-		}
-		if len(results) == 0 {
-			fmt.Fprintf(out, "no migrations to apply: database is at version %d\n", current)
-		} else {
-			fmt.Fprintf(out, "database is at version %d\n", current)
-		}
-		return nil
-	case "down":
-		r, err := db.migrateDown(ctx)
-		if errors.Is(err, ErrNothingToRollBack) {
-			fmt.Fprintln(out, "no migration to roll back: database is at version 0")
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(out, r.String())
-		current, _, err := db.SchemaVersion(ctx)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintf(out, "database is at version %d\n", current)
-		return nil
-	case "status":
-		return db.MigrateStatus(ctx, out)
-	default:
-		return fmt.Errorf("store: migrate: unknown command %s\n%s", strconv.Quote(args[0]), MigrateUsage)
-	}
 }

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/chatd/chatd/server"
-	"github.com/chatd/chatd/store"
 )
 
 func main() {
@@ -69,31 +68,6 @@ func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
 	default:
 		return nil, fmt.Errorf("log format %q: want auto, json or text", format)
 	}
-}
-
-func migrate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("chatd migrate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, store.MigrateUsage)
-		fs.PrintDefaults()
-	}
-	f := &envFlags{fs: fs}
-	var dbURL string
-	f.stringVar(&dbURL, "database-url", "CHAT_DATABASE_URL", "chat.db", "a postgres:// URL, else an SQLite file path")
-	if err := f.parse(args); err != nil {
-		return err
-	}
-	log, err := newLogger(stderr, "warn", "auto")
-	if err != nil {
-		return err
-	}
-	db, err := store.Open(ctx, dbURL, log)
-	if err != nil {
-		return err
-	}
-	defer db.Close()
-	return store.RunMigrateCommand(ctx, db, fs.Args(), stdout)
 }
 
 func token(args []string, stdout, stderr io.Writer) error {
