@@ -32,6 +32,7 @@ type Redis struct {
 	logPath string
 	port    int
 	hold    *portHold // the port, while stopped
+	extra   []string  // more redis-server arguments (a cluster node's)
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -185,6 +186,7 @@ func (r *Redis) start() error {
 		"--daemonize", "no",
 		"--logfile", "",
 	)
+	cmd.Args = append(cmd.Args, r.extra...)
 	cmd.Dir = r.dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// If the test binary dies without cleaning up, take the server with it.
