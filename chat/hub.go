@@ -8,7 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
 )
 
 // Options are the hub's collaborators. Nil fields get the single-node
