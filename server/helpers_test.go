@@ -128,6 +128,10 @@ type client struct {
 	// sets aside for the tests that look at them.
 	presence []chat.Frame
 	joins    map[string]string // room -> join_ref
+	// readTimeout bounds each read; zero means 5 s. Tests of replies of
+	// several megabytes raise it: the race detector slows their encoding
+	// and decoding tenfold, more on a loaded machine.
+	readTimeout time.Duration
 }
 
 func (s *testServer) dial(tb testing.TB, user string) *client {
@@ -196,7 +200,11 @@ func (c *client) readWire() chat.Frame {
 // readAny reads the next frame from the connection.
 func (c *client) readAny() chat.Frame {
 	c.tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	timeout := c.readTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	typ, data, err := c.conn.Read(ctx)
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -30,6 +31,7 @@ func TestJoinReplyLargerThanSendQueue(t *testing.T) {
 
 	joiner := s.dial(t, "joiner")
 	joiner.conn.SetReadLimit(64 << 20)
+	joiner.readTimeout = time.Minute
 	for attempt := range 2 { // the rejoin is answered the same way
 		ref := joiner.send(fmt.Sprint("j", attempt), "room:big", chat.EventJoin, map[string]any{"history": chat.MaxHistory})
 		if attempt > 0 {
@@ -77,6 +79,7 @@ func TestPresenceOfAHugeRoom(t *testing.T) {
 
 	c := s.dial(t, "joiner")
 	c.conn.SetReadLimit(64 << 20)
+	c.readTimeout = time.Minute
 	for attempt := range 2 {
 		if attempt > 0 {
 			// The rejoin closes the first channel before its reply.
