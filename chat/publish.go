@@ -20,6 +20,10 @@ func (h *Hub) seeID(id string) {
 	h.idMu.Unlock()
 }
 
+// LastID returns the greatest message id this node has published or
+// received (see cluster.RedisBrokerConfig.LastID).
+func (h *Hub) LastID() string { return h.lastSeenID() }
+
 // lastSeenID returns the greatest message id this node has seen.
 func (h *Hub) lastSeenID() string {
 	h.idMu.Lock()
@@ -64,8 +68,9 @@ func (h *Hub) publish(ctx context.Context, room, user, body string) (Message, er
 		var ooe *OutOfOrderError
 		if errors.As(err, &ooe) {
 			if attempt < publishAttempts {
+				// What this node received meanwhile counts too.
 				h.seeID(ooe.Last)
-				after = max(after, ooe.Last)
+				after = max(after, ooe.Last, h.lastSeenID())
 				continue
 			}
 			return Message{}, ErrUnavailable

@@ -93,6 +93,16 @@ type RedisBrokerConfig struct {
 	// the caller makes its clients catch up (the hub's Resync). It must not
 	// block. Nil: nothing is called.
 	OnReconnect func()
+	// LastID returns the greatest message id this node has published or
+	// received (the hub's LastID). A publish that finds its room's log
+	// empty (a new room, an expired log, or one lost with Redis's data)
+	// first waits until the pub/sub connection has delivered everything
+	// published before, then starts the log only with an id after
+	// LastID's, else returns *chat.OutOfOrderError naming it: so a log
+	// lost with Redis's data does not let a message chosen before this
+	// node received its predecessors come after them. Nil: the id starts
+	// the log once the relay is caught up.
+	LastID func() string
 }
 
 func (c *RedisBrokerConfig) setDefaults() error {
@@ -210,6 +220,7 @@ type RedisBroker struct {
 	published     atomic.Int64
 	publishErrors atomic.Int64
 	outOfOrder    atomic.Int64
+	emptyLogs     atomic.Int64
 	received      atomic.Int64
 	reconnects    atomic.Int64
 }
@@ -383,30 +394,68 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
 		}
 	}
-	res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
-		id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms).Slice()
-	if err != nil {
+	startLog := "" // ARGV[8]: may this publish start the room's log
+	for {
+		res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
+			id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms, startLog).Slice()
+		if err != nil {
+			b.publishErrors.Add(1)
+			if notSent(err) {
+				err = fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
+			}
+			return fmt.Errorf("cluster: redis publish to room %s: %w", room, err)
+		}
+		status, _ := res[0].(int64)
+		switch status {
+		case 1, 2:
+			b.published.Add(1)
+			return nil
+		case 0:
+			b.outOfOrder.Add(1)
+			last := ""
+			if len(res) > 1 {
+				last, _ = res[1].(string)
+			}
+			return &chat.OutOfOrderError{Last: last}
+		case 3:
+			if startLog != "" {
+				break
+			}
+			// The room's log is empty: new, expired, or lost with
+			// Redis's data. Lost, it no longer orders id after the
+			// messages published just before the loss, which this node
+			// may not have received when id was chosen. Once the
+			// pub/sub connection has delivered everything published so
+			// far (one barrier round), this node has seen their ids: id
+			// starts the log if it is still after them.
+			b.emptyLogs.Add(1)
+			if err := b.catchUp(ctx); err != nil {
+				b.publishErrors.Add(1)
+				return fmt.Errorf("%w: cluster: redis publish to room %s: reading the relay before starting the room's log: %w", chat.ErrNotPublished, room, err)
+			}
+			if b.cfg.LastID != nil {
+				if last := b.cfg.LastID(); last >= id {
+					b.outOfOrder.Add(1)
+					return &chat.OutOfOrderError{Last: last}
+				}
+			}
+			startLog = "1"
+			continue
+		}
 		b.publishErrors.Add(1)
-		if notSent(err) {
-			err = fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
-		}
-		return fmt.Errorf("cluster: redis publish to room %s: %w", room, err)
+		return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
 	}
-	status, _ := res[0].(int64)
-	switch status {
-	case 1, 2:
-		b.published.Add(1)
-		return nil
-	case 0:
-		b.outOfOrder.Add(1)
-		last := ""
-		if len(res) > 1 {
-			last, _ = res[1].(string)
-		}
-		return &chat.OutOfOrderError{Last: last}
-	}
-	b.publishErrors.Add(1)
-	return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
+}
+
+// catchUp waits until the pub/sub connection has delivered to the handler
+// every publication Redis made before the call: a barrier round started
+// after it is acknowledged.
+func (b *RedisBroker) catchUp(ctx context.Context) error {
+	b.mu.Lock()
+	need := b.round + 1
+	b.mu.Unlock()
+	b.signal()
+	return b.waitRound(ctx, need)
 }
 
 // notSent reports whether err proves a command never reached Redis: no
@@ -749,6 +798,9 @@ type RedisBrokerStats struct {
 	PublishErrors int64 `json:"publish_errors"`
 	// OutOfOrder counts Publish calls refused with *chat.OutOfOrderError.
 	OutOfOrder int64 `json:"out_of_order"`
+	// EmptyLogs counts Publish calls that found their room's log empty and
+	// read the relay up to date before the room's first message.
+	EmptyLogs int64 `json:"empty_logs"`
 	// Received counts publications delivered to the handler.
 	Received int64 `json:"received"`
 	// Reconnects counts recoveries of the pub/sub connection after a failure.
@@ -762,6 +814,7 @@ func (b *RedisBroker) Stats() RedisBrokerStats {
 	s := RedisBrokerStats{
 		Published:     b.published.Load(),
 		PublishErrors: b.publishErrors.Load(),
+		EmptyLogs:     b.emptyLogs.Load(),
 		OutOfOrder:    b.outOfOrder.Load(),
 		Received:      b.received.Load(),
 		Reconnects:    b.reconnects.Load(),

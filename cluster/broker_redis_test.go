@@ -707,3 +707,49 @@ func TestRedisBrokerTakeOver(t *testing.T) {
 		t.Fatalf("TakeOver of an unknown node = %d, %v", n, err)
 	}
 }
+
+// A room's log lost with Redis's data (FLUSHALL) between two nodes'
+// messages: a message whose id node a chose before it received node b's
+// later id is refused, naming that id, instead of starting the new log
+// behind it. Node a's LastID is what its handler received, as the hub's is.
+func TestRedisBrokerLostLogKeepsOrder(t *testing.T) {
+	srv := testsvc.StartRedis(t)
+	ctx := context.Background()
+	var mu sync.Mutex
+	received := ""
+	a := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "a",
+		LastID: func() string { mu.Lock(); defer mu.Unlock(); return received }},
+		func(_ string, data []byte) { mu.Lock(); received = max(received, string(data)); mu.Unlock() })
+	b := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "b"}, func(string, []byte) {})
+	room := chattest.RoomName()
+	if err := a.Subscribe(ctx, room); err != nil {
+		t.Fatal(err)
+	}
+	early := chattest.NextID("")    // chosen by a
+	later := chattest.NextID(early) // chosen by b afterwards
+	if err := b.Publish(ctx, room, later, []byte(later)); err != nil {
+		t.Fatal(err)
+	}
+	admin := redis.NewClient(&redis.Options{Addr: srv.Addr()})
+	defer admin.Close()
+	if err := admin.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Publish(ctx, room, early, []byte(early))
+	var ooe *chat.OutOfOrderError
+	if !errors.As(err, &ooe) || ooe.Last != later {
+		t.Fatalf("publish of %s into the lost log after %s was published = %v; want OutOfOrderError naming %s", early, later, err, later)
+	}
+	// The retry with an id after it starts the new log.
+	next := chattest.NextID(later)
+	if err := a.Publish(ctx, room, next, []byte(next)); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.ReadLog(ctx, room, chat.LogQuery{Limit: 10})
+	if err != nil || len(r.Entries) != 1 || r.Entries[0].ID != next {
+		t.Fatalf("log after the loss = %+v, %v; want only %s", r, err, next)
+	}
+	if st := a.Stats(); st.EmptyLogs != 2 {
+		t.Fatalf("empty logs = %d, want 2 (the refused id, then its retry)", st.EmptyLogs)
+	}
+}

@@ -10,11 +10,16 @@
 -- ARGV[5]  how many messages the log keeps (approximately, never fewer)
 -- ARGV[6]  the publishing node's name
 -- ARGV[7]  the millisecond part of the message id (the stream entry id's)
+-- ARGV[8]  '1' when the publisher has read every publication made before
+--          it last found the log empty, so its id is after them
 --
 -- Returns {1} when published; {0, last} when the id is not after the log's
 -- last entry (nothing done: a fence refuses its own id this way); {2} when
 -- the id and frame are the log's last message, i.e. a command retried after
--- its reply was lost (nothing done again). before() is order.lua's.
+-- its reply was lost (nothing done again); {3} when the log is empty and
+-- ARGV[8] is not '1' (nothing done: a log lost with Redis's data no longer
+-- orders the message against those published just before the loss, so the
+-- publisher first reads them). before() is order.lua's.
 
 local id = ARGV[1]
 if id ~= '' then
@@ -32,6 +37,8 @@ if id ~= '' then
     -- The lifetime is renewed once a minute of the room's activity, not
     -- on every message.
     fresh = math.floor(tonumber(string.match(top[1], '^%d+')) / 60000) ~= math.floor(tonumber(ARGV[7]) / 60000)
+  elseif ARGV[8] ~= '1' then
+    return {3}
   end
   redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], ARGV[7] .. '-*', 'i', id, 'n', ARGV[6], 'd', ARGV[2])
   if fresh then

@@ -208,6 +208,12 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 						hub.Resync()
 					}
 				},
+				LastID: func() string {
+					if hub := hubRef.Load(); hub != nil {
+						return hub.LastID()
+					}
+					return ""
+				},
 			}, h)
 			if brokerErr != nil {
 				return chat.NewMemoryBroker(h) // unused: serve fails below
