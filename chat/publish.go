@@ -20,10 +20,6 @@ func (h *Hub) seeID(id string) {
 	h.idMu.Unlock()
 }
 
-// LastID returns the greatest message id this node has published or
-// received (see cluster.RedisBrokerConfig.LastID).
-func (h *Hub) LastID() string { return h.lastSeenID() }
-
 // lastSeenID returns the greatest message id this node has seen.
 func (h *Hub) lastSeenID() string {
 	h.idMu.Lock()

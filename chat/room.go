@@ -35,6 +35,9 @@ type room struct {
 	// is set, or the channel errored): while it is zero, fan-out is a
 	// plain loop over sessions.
 	special int
+	// lastID is the greatest message id delivered in the room (see
+	// Hub.RoomLastID).
+	lastID string
 }
 
 // special reports whether m's deliveries need a check; r.mu is held.
@@ -71,6 +74,22 @@ func (h *Hub) shard(name string) *roomShard {
 	return &h.shards[maphash.String(h.seed, name)%roomShards]
 }
 
+// RoomLastID returns the greatest message id the relay delivered in room
+// name since the room last had members here, empty when it has none (see
+// cluster.RedisBrokerConfig.LastID).
+func (h *Hub) RoomLastID(name string) string {
+	sh := h.shard(name)
+	sh.mu.Lock()
+	r := sh.rooms[name]
+	sh.mu.Unlock()
+	if r == nil {
+		return ""
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastID
+}
+
 // deliver is the broker handler: it hands data to every local member of
 // room, in the order deliveries arrive.
 func (h *Hub) deliver(name string, data []byte) {
@@ -101,6 +120,9 @@ func (h *Hub) deliver(name string, data []byte) {
 		h.seeID(msg.ID)
 	}
 	r.mu.Lock()
+	if msg.ID > r.lastID {
+		r.lastID = msg.ID
+	}
 	n := 0
 	if r.special == 0 {
 		if r.sessions == nil {

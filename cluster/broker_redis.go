@@ -93,8 +93,8 @@ type RedisBrokerConfig struct {
 	// the caller makes its clients catch up (the hub's Resync). It must not
 	// block. Nil: nothing is called.
 	OnReconnect func()
-	// LastID returns the greatest message id this node has published or
-	// received (the hub's LastID). A publish that finds its room's log
+	// LastID returns the greatest message id this node has received in
+	// room (the hub's RoomLastID). A publish that finds its room's log
 	// empty (a new room, an expired log, or one lost with Redis's data)
 	// first waits until the pub/sub connection has delivered everything
 	// published before, then starts the log only with an id after
@@ -102,7 +102,7 @@ type RedisBrokerConfig struct {
 	// lost with Redis's data does not let a message chosen before this
 	// node received its predecessors come after them. Nil: the id starts
 	// the log once the relay is caught up.
-	LastID func() string
+	LastID func(room string) string
 }
 
 func (c *RedisBrokerConfig) setDefaults() error {
@@ -434,7 +434,7 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 				return fmt.Errorf("%w: cluster: redis publish to room %s: reading the relay before starting the room's log: %w", chat.ErrNotPublished, room, err)
 			}
 			if b.cfg.LastID != nil {
-				if last := b.cfg.LastID(); last >= id {
+				if last := b.cfg.LastID(room); last >= id {
 					b.outOfOrder.Add(1)
 					return &chat.OutOfOrderError{Last: last}
 				}

@@ -718,7 +718,7 @@ func TestRedisBrokerLostLogKeepsOrder(t *testing.T) {
 	var mu sync.Mutex
 	received := ""
 	a := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "a",
-		LastID: func() string { mu.Lock(); defer mu.Unlock(); return received }},
+		LastID: func(string) string { mu.Lock(); defer mu.Unlock(); return received }},
 		func(_ string, data []byte) { mu.Lock(); received = max(received, string(data)); mu.Unlock() })
 	b := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "b"}, func(string, []byte) {})
 	room := chattest.RoomName()

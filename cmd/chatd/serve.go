@@ -208,9 +208,9 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 						hub.Resync()
 					}
 				},
-				LastID: func() string {
+				LastID: func(room string) string {
 					if hub := hubRef.Load(); hub != nil {
-						return hub.LastID()
+						return hub.RoomLastID(room)
 					}
 					return ""
 				},
