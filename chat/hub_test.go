@@ -25,47 +25,6 @@ func (s *Session) take(buf [][]byte) [][]byte {
 	return buf
 }
 
-func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
-	h, err := NewHub(Config{}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	a, b := newTestSession(h, "a"), newTestSession(h, "b")
-	ra, _, err := h.join(ctx, a, "lobby", "1", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, _, _ := h.join(ctx, b, "lobby", "1", false)
-	if ra != rb {
-		t.Fatal("two joins of one room made two rooms")
-	}
-	msg, err := h.publish(ctx, ra.name, "a", "hi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []*Session{a, b} {
-		q := s.take(nil)
-		if len(q) != 1 {
-			t.Fatalf("%s queued %d frames", s.id, len(q))
-		}
-		if f, err := DecodeFrame(q[0]); err != nil || f.Event != EventNewMsg {
-			t.Fatalf("queued %s", q[0])
-		}
-	}
-	_ = msg
-	h.leave(a, ra)
-	h.leave(b, rb)
-	if st := h.Stats(); st.Rooms != 0 {
-		t.Fatalf("rooms after all left: %d", st.Rooms)
-	}
-	// The broker no longer delivers the room.
-	h.broker.Publish(ctx, "lobby", "", []byte("x"))
-	if q := a.take(nil); len(q) != 0 {
-		t.Fatal("delivery after leave")
-	}
-}
-
 func TestNewHubRejectsNegativeLimits(t *testing.T) {
 	for _, cfg := range []Config{{MaxBody: -1}, {UserRate: -1}, {IdleTimeout: -time.Second}, {SendQueueLen: -5}} {
 		if _, err := NewHub(cfg, Options{}); err == nil {
