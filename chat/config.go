@@ -1,12 +1,13 @@
 package chat
 
 import (
-	"errors"
+	"fmt"
 	"time"
 )
 
 // Config holds the hub's settings. The zero value of each field picks the
-// default given in its comment.
+// default given in its comment; withDefaults fills them in and validates
+// the whole.
 type Config struct {
 	// NodeName names this node in logs and presence. Zero: "local".
 	NodeName string
@@ -16,7 +17,7 @@ type Config struct {
 	// MaxChannels is the most topics one connection may join. Zero: 100.
 	MaxChannels int
 	// ReadLimit is the largest frame read, in bytes; a larger one closes the
-	// connection with status 1009. Zero: 64 KiB.
+	// connection with status 1009. Zero: 64 KiB; at least MinReadLimit.
 	ReadLimit int64
 	// IdleTimeout closes a connection that sent no frame for that long.
 	// Zero: 60 s.
@@ -59,53 +60,76 @@ type Config struct {
 	PresenceInterval time.Duration
 }
 
-func (c *Config) setDefaults() error {
+// The defaults of Config, in the order of its fields.
+const (
+	defaultNodeName         = "local"
+	defaultMaxBody          = 4000
+	defaultMaxChannels      = 100
+	defaultReadLimit        = 64 << 10
+	defaultIdleTimeout      = 60 * time.Second
+	defaultWriteTimeout     = 10 * time.Second
+	defaultSendQueueLen     = 1024
+	defaultSendQueueBytes   = 4 << 20
+	defaultUserBurst        = 20
+	defaultJoinBurst        = 100
+	defaultRelayTimeout     = 5 * time.Second
+	defaultResolveTimeout   = 9 * time.Second
+	defaultPresenceInterval = 100 * time.Millisecond
+)
+
+// MinReadLimit is the smallest Config.ReadLimit: a join or a push of a
+// short message must fit in a frame.
+const MinReadLimit = 1024
+
+// withDefaults returns c with every zero field set to its default, or an
+// error naming the first field out of range.
+func (c Config) withDefaults() (Config, error) {
+	for _, f := range []struct {
+		name string
+		v    float64
+	}{
+		{"MaxBody", float64(c.MaxBody)},
+		{"MaxChannels", float64(c.MaxChannels)},
+		{"ReadLimit", float64(c.ReadLimit)},
+		{"IdleTimeout", float64(c.IdleTimeout)},
+		{"WriteTimeout", float64(c.WriteTimeout)},
+		{"SendQueueLen", float64(c.SendQueueLen)},
+		{"SendQueueBytes", float64(c.SendQueueBytes)},
+		{"UserRate", c.UserRate},
+		{"UserBurst", float64(c.UserBurst)},
+		{"JoinRate", c.JoinRate},
+		{"JoinBurst", float64(c.JoinBurst)},
+		{"RelayTimeout", float64(c.RelayTimeout)},
+		{"ResolveTimeout", float64(c.ResolveTimeout)},
+		{"PresenceInterval", float64(c.PresenceInterval)},
+	} {
+		if f.v < 0 || f.v != f.v {
+			return c, fmt.Errorf("chat: %s must not be negative (%v)", f.name, f.v)
+		}
+	}
+	if c.ReadLimit != 0 && c.ReadLimit < MinReadLimit {
+		return c, fmt.Errorf("chat: ReadLimit %d is below %d bytes", c.ReadLimit, MinReadLimit)
+	}
 	if c.NodeName == "" {
-		c.NodeName = "local"
+		c.NodeName = defaultNodeName
 	}
-	if c.MaxBody == 0 {
-		c.MaxBody = 4000
+	setDefault(&c.MaxBody, defaultMaxBody)
+	setDefault(&c.MaxChannels, defaultMaxChannels)
+	setDefault(&c.ReadLimit, defaultReadLimit)
+	setDefault(&c.IdleTimeout, defaultIdleTimeout)
+	setDefault(&c.WriteTimeout, defaultWriteTimeout)
+	setDefault(&c.SendQueueLen, defaultSendQueueLen)
+	setDefault(&c.SendQueueBytes, defaultSendQueueBytes)
+	setDefault(&c.UserBurst, defaultUserBurst)
+	setDefault(&c.JoinBurst, defaultJoinBurst)
+	setDefault(&c.RelayTimeout, defaultRelayTimeout)
+	setDefault(&c.ResolveTimeout, defaultResolveTimeout)
+	setDefault(&c.PresenceInterval, defaultPresenceInterval)
+	return c, nil
+}
+
+func setDefault[T int | int64 | time.Duration](v *T, def T) {
+	if *v == 0 {
+		*v = def
 	}
-	if c.MaxChannels == 0 {
-		c.MaxChannels = 100
-	}
-	if c.ReadLimit == 0 {
-		c.ReadLimit = 64 << 10
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = 60 * time.Second
-	}
-	if c.WriteTimeout == 0 {
-		c.WriteTimeout = 10 * time.Second
-	}
-	if c.SendQueueLen == 0 {
-		c.SendQueueLen = 1024
-	}
-	if c.SendQueueBytes == 0 {
-		c.SendQueueBytes = 4 << 20
-	}
-	if c.UserBurst == 0 {
-		c.UserBurst = 20
-	}
-	if c.JoinBurst == 0 {
-		c.JoinBurst = 100
-	}
-	if c.RelayTimeout == 0 {
-		c.RelayTimeout = 5 * time.Second
-	}
-	if c.ResolveTimeout == 0 {
-		c.ResolveTimeout = 9 * time.Second
-	}
-	if c.PresenceInterval == 0 {
-		c.PresenceInterval = 100 * time.Millisecond
-	}
-	switch {
-	case c.MaxBody < 0, c.MaxChannels < 0, c.ReadLimit < 0, c.SendQueueLen < 0, c.SendQueueBytes < 0, c.UserBurst < 0, c.JoinBurst < 0:
-		return errors.New("chat: limits must not be negative")
-	case c.UserRate < 0, c.JoinRate < 0:
-		return errors.New("chat: user and join rates must not be negative")
-	case c.IdleTimeout < 0, c.WriteTimeout < 0, c.RelayTimeout < 0, c.ResolveTimeout < 0, c.PresenceInterval < 0:
-		return errors.New("chat: timeouts must not be negative")
-	}
-	return nil
 }

@@ -89,7 +89,8 @@ type userState struct {
 
 // NewHub returns a hub ready to serve connections.
 func NewHub(cfg Config, opts Options) (*Hub, error) {
-	if err := cfg.setDefaults(); err != nil {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
 		return nil, err
 	}
 	h := &Hub{

@@ -108,45 +108,6 @@ func TestJoinSinceReadsTheLog(t *testing.T) {
 	}
 }
 
-// After phx_error a channel gets no broadcasts until it is rejoined: the
-// client would otherwise move its last id past the gap it must recover.
-func TestResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
-	h, err := NewHub(Config{}, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	a := newTestSession(h, "a")
-	joinReply(t, a, "room:lobby", "1", `{}`)
-	h.Resync()
-	if fs := frames(t, a); len(fs) != 1 || fs[0].Event != EventError || fs[0].JoinRef != "1" {
-		t.Fatalf("after Resync: %v, want one phx_error", fs)
-	}
-	h.Resync() // an errored channel is told once
-	r := a.channels["room:lobby"].room
-	if _, err := h.publish(ctx, r.name, "b", "missed"); err != nil {
-		t.Fatal(err)
-	}
-	if ids := newMsgEvents(frames(t, a)); len(ids) != 0 {
-		t.Fatalf("errored channel received %v", ids)
-	}
-	// A push on the errored channel: it is gone.
-	a.handle(ctx, Frame{JoinRef: "1", Ref: "2", Topic: "room:lobby", Event: EventNewMsg, Payload: json.RawMessage(`{"body":"x"}`)})
-	if fs := frames(t, a); len(fs) != 1 || fs[0].Event != EventReply || !json.Valid(fs[0].Payload) ||
-		string(fs[0].Payload) != `{"status":"error","response":{"reason":"unmatched topic"}}` {
-		t.Fatalf("push on an errored channel: %v", fs)
-	}
-	joinReply(t, a, "room:lobby", "3", `{}`)
-	r = a.channels["room:lobby"].room
-	m, err := h.publish(ctx, r.name, "b", "after")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ids := newMsgEvents(frames(t, a)); len(ids) != 1 || ids[0] != m.ID {
-		t.Fatalf("rejoined channel received %v, want %s", ids, m.ID)
-	}
-}
-
 // A node's ids keep increasing past every id it has seen, so a room whose
 // log was lost (Redis restarted empty) does not see ids go backwards.
 func TestIDsAfterTheHighestSeen(t *testing.T) {

@@ -234,14 +234,17 @@ func (h *Hub) trackPresence(ctx context.Context, s *Session, room, topic, joinRe
 		s.logger().Warn("presence not recorded", "room", room, "err", err)
 		return nil
 	}
-	h.presenceDiffs.add(room, []PresenceEntry{e}, nil)
 	entries, err := h.presence.List(ctx, room)
 	if err != nil {
 		s.logger().Warn("presence state unavailable", "room", room, "err", err)
 		entries = []PresenceEntry{e}
 	}
-	// The push carries the channel's join_ref, as Phoenix's does.
+	// The push carries the channel's join_ref, as Phoenix's does. It is
+	// queued before the join is handed to the diffs, so the joiner gets,
+	// in this order: the join's reply, presence_state (itself included),
+	// then the diffs, its own join first among them.
 	s.enqueueReply(AppendFrame(nil, joinRef, "", topic, EventPresenceState, appendPresence(nil, entries)))
+	h.presenceDiffs.add(room, []PresenceEntry{e}, nil)
 	return &e
 }
 

@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"fmt"
+	"math"
 	"testing"
 	"time"
 )
@@ -25,52 +26,45 @@ func (s *Session) take(buf [][]byte) [][]byte {
 	return buf
 }
 
-func TestHubJoinLeaveRoomLifecycle(t *testing.T) {
+func TestNewHubRejectsBadConfig(t *testing.T) {
+	for _, cfg := range []Config{
+		{MaxBody: -1}, {MaxChannels: -1}, {UserRate: -1}, {JoinRate: -0.5}, {UserBurst: -1}, {JoinBurst: -1},
+		{IdleTimeout: -time.Second}, {WriteTimeout: -1}, {SendQueueLen: -5}, {SendQueueBytes: -1},
+		{RelayTimeout: -1}, {ResolveTimeout: -1}, {PresenceInterval: -1},
+		{ReadLimit: -1}, {ReadLimit: MinReadLimit - 1}, {UserRate: math.NaN()},
+	} {
+		if _, err := NewHub(cfg, Options{}); err == nil {
+			t.Errorf("NewHub(%+v) accepted", cfg)
+		}
+	}
+}
+
+// The zero Config gets the defaults its fields' comments state; set
+// fields are kept.
+func TestConfigDefaults(t *testing.T) {
+	got, err := Config{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Config{NodeName: "local", MaxBody: 4000, MaxChannels: 100, ReadLimit: 64 << 10, IdleTimeout: 60 * time.Second,
+		WriteTimeout: 10 * time.Second, SendQueueLen: 1024, SendQueueBytes: 4 << 20, UserBurst: 20, JoinBurst: 100,
+		RelayTimeout: 5 * time.Second, ResolveTimeout: 9 * time.Second, PresenceInterval: 100 * time.Millisecond}
+	if got != want {
+		t.Fatalf("defaults\n%+v\nwant\n%+v", got, want)
+	}
+	set := Config{NodeName: "n1", MaxBody: 1, MaxChannels: 2, ReadLimit: MinReadLimit, IdleTimeout: 3, WriteTimeout: 4,
+		SendQueueLen: 5, SendQueueBytes: 6, UserRate: 7, UserBurst: 8, JoinRate: 9, JoinBurst: 10, RelayTimeout: 11,
+		ResolveTimeout: 12, PresenceInterval: 13}
+	if got, err := set.withDefaults(); err != nil || got != set {
+		t.Fatalf("set fields changed: %+v, %v", got, err)
+	}
 	h, err := NewHub(Config{}, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	a, b := newTestSession(h, "a"), newTestSession(h, "b")
-	ra, _, err := h.join(ctx, a, "lobby", "1", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rb, _, _ := h.join(ctx, b, "lobby", "1", false)
-	if ra != rb {
-		t.Fatal("two joins of one room made two rooms")
-	}
-	msg, err := h.publish(ctx, ra.name, "a", "hi")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []*Session{a, b} {
-		q := s.take(nil)
-		if len(q) != 1 {
-			t.Fatalf("%s queued %d frames", s.id, len(q))
-		}
-		if f, err := DecodeFrame(q[0]); err != nil || f.Event != EventNewMsg {
-			t.Fatalf("queued %s", q[0])
-		}
-	}
-	_ = msg
-	h.leave(a, ra)
-	h.leave(b, rb)
-	if st := h.Stats(); st.Rooms != 0 {
-		t.Fatalf("rooms after all left: %d", st.Rooms)
-	}
-	// The broker no longer delivers the room.
-	h.broker.Publish(ctx, "lobby", "", []byte("x"))
-	if q := a.take(nil); len(q) != 0 {
-		t.Fatal("delivery after leave")
-	}
-}
-
-func TestNewHubRejectsNegativeLimits(t *testing.T) {
-	for _, cfg := range []Config{{MaxBody: -1}, {UserRate: -1}, {IdleTimeout: -time.Second}, {SendQueueLen: -5}} {
-		if _, err := NewHub(cfg, Options{}); err == nil {
-			t.Errorf("NewHub(%+v) accepted", cfg)
-		}
+	defer h.Shutdown(context.Background())
+	if h.Config() != want {
+		t.Fatalf("hub config %+v", h.Config())
 	}
 }
 

@@ -91,10 +91,6 @@ func VerifyToken(secret []byte, token string) (Token, error) {
 	return t, nil
 }
 
-// DefaultMaxTokenTTL is the longest lifetime (exp - iat) of a token the
-// server accepts when Config.MaxTokenTTL is zero.
-const DefaultMaxTokenTTL = 24 * time.Hour
-
 // RevocationTTL returns how long a revocation must be remembered so that
 // every token it refuses has expired: a refused token was issued at or
 // before the revocation's second, lives at most maxTokenTTL, and is

@@ -117,6 +117,11 @@ func TestDisconnectAndRevoke(t *testing.T) {
 	s := startServer(t, chat.Config{}, func(c *Config, _ *Options) { c.APIKey = testAPIKey })
 	alice, bob := s.dial(t, "alice"), s.dial(t, "bob")
 	alice2 := s.dial(t, "alice")
+	// The upgrade's answer may reach a client before the hub serves its
+	// connection: a heartbeat's reply says it does.
+	for _, c := range []*client{alice, bob, alice2} {
+		c.heartbeat()
+	}
 
 	got, out := s.apiDisconnect(t, testAPIKey, "alice", `{"reason": "kicked"}`)
 	if got != http.StatusOK || out.Closed != 2 || out.Revoked || out.RevokedAt != nil {
@@ -131,6 +136,7 @@ func TestDisconnectAndRevoke(t *testing.T) {
 	}
 
 	alice = s.dial(t, "alice")
+	alice.heartbeat()
 	got, out = s.apiDisconnect(t, testAPIKey, "alice", `{"revoke": true}`)
 	// 1, or 2 when the server has not yet seen the end of tryDial's
 	// connection, closed on the client's side just before.

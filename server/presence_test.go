@@ -48,9 +48,14 @@ func TestPresenceStateAndDiffs(t *testing.T) {
 		t.Fatalf("want alice's join diff, got %+v", f)
 	}
 
-	// Bob with two tabs is one key with two metas.
+	// Bob with two tabs is one key with two metas. A join's presence is
+	// recorded after its reply, before its presence_state is sent: once
+	// bob1 has its presence_state, bob2's join sees bob1.
 	bob1, bob2 := s.dial(t, "bob"), s.dial(t, "bob")
 	bob1.join("lobby")
+	if f = bob1.nextPresence(); f.Event != "presence_state" {
+		t.Fatalf("bob1's first presence frame %+v", f)
+	}
 	bob2.join("lobby")
 	joined := map[string]int{}
 	for joined["bob"] < 2 {

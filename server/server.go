@@ -25,7 +25,8 @@ import (
 )
 
 // Config holds the server's settings. The zero value of each field picks the
-// default given in its comment.
+// default given in its comment; withDefaults fills them in and validates
+// the whole.
 type Config struct {
 	// JWTSecret verifies client tokens (HS256). Empty: dev mode, where tokens
 	// are signed with DevSecret and POST /api/dev/token mints them.
@@ -35,12 +36,14 @@ type Config struct {
 	// Empty: same-origin only. Requests without an Origin header (non-browser
 	// clients) are not subject to the check.
 	AllowedOrigins []string
-	// DevTokenTTL is the lifetime of dev-mode tokens. Zero: 24 h.
+	// DevTokenTTL is the lifetime of dev-mode tokens. Zero: 24 h, and at
+	// most MaxTokenTTL.
 	DevTokenTTL time.Duration
 	// ReadyTimeout bounds each dependency check. Zero: 2 s.
 	ReadyTimeout time.Duration
 	// AdminToken opens the ops endpoints (/api/stats) to bearers of it.
-	// Empty: they answer only direct loopback clients.
+	// Empty: they answer only direct loopback clients. It must differ from
+	// APIKey.
 	AdminToken string
 	// DrainDelay is how long Shutdown keeps the listener open after
 	// readiness turns 503 (refusing new WebSocket connections), so that load
@@ -63,6 +66,63 @@ type Config struct {
 	// read_rooms claims open more. Nil: ["*"], every room; empty and
 	// non-nil: none.
 	PublicRooms []string
+}
+
+// The defaults of Config.
+const (
+	defaultDevTokenTTL  = 24 * time.Hour
+	defaultReadyTimeout = 2 * time.Second
+	// DefaultMaxTokenTTL is the longest lifetime (exp - iat) of a token the
+	// server accepts when Config.MaxTokenTTL is zero.
+	DefaultMaxTokenTTL = 24 * time.Hour
+)
+
+// withDefaults returns c with every zero field set to its default, or an
+// error naming the first setting out of range.
+func (c Config) withDefaults() (Config, error) {
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"DevTokenTTL", c.DevTokenTTL},
+		{"ReadyTimeout", c.ReadyTimeout},
+		{"DrainDelay", c.DrainDelay},
+		{"MaxTokenTTL", c.MaxTokenTTL},
+	} {
+		if f.v < 0 {
+			return c, fmt.Errorf("server: %s must not be negative (%v)", f.name, f.v)
+		}
+	}
+	if c.DevTokenTTL == 0 {
+		c.DevTokenTTL = defaultDevTokenTTL
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = defaultReadyTimeout
+	}
+	if c.MaxTokenTTL == 0 {
+		c.MaxTokenTTL = DefaultMaxTokenTTL
+	}
+	if c.DevTokenTTL > c.MaxTokenTTL {
+		c.DevTokenTTL = c.MaxTokenTTL
+	}
+	if c.PublicRooms == nil {
+		c.PublicRooms = []string{"*"}
+	}
+	if c.APIKey != "" && c.APIKey == c.AdminToken {
+		return c, errors.New("server: the API key must differ from the admin token")
+	}
+	for _, p := range c.AllowedOrigins {
+		if _, err := path.Match(p, ""); err != nil {
+			return c, fmt.Errorf("server: allowed origin %q: %w", p, err)
+		}
+	}
+	if _, err := ParseTrustedProxies(c.TrustedProxies); err != nil {
+		return c, fmt.Errorf("server: %w", err)
+	}
+	if _, err := chat.ParsePatterns(c.PublicRooms); err != nil {
+		return c, fmt.Errorf("server: public rooms: %w", err)
+	}
+	return c, nil
 }
 
 // Check is one shared dependency (database, Redis), checked by
@@ -147,28 +207,9 @@ func New(cfg Config, opts Options) (*Server, error) {
 	if opts.Hub == nil {
 		return nil, errors.New("server: a hub is required")
 	}
-	if cfg.DevTokenTTL == 0 {
-		cfg.DevTokenTTL = 24 * time.Hour
-	}
-	if cfg.ReadyTimeout == 0 {
-		cfg.ReadyTimeout = 2 * time.Second
-	}
-	if cfg.MaxTokenTTL == 0 {
-		cfg.MaxTokenTTL = DefaultMaxTokenTTL
-	}
-	if cfg.MaxTokenTTL < 0 {
-		return nil, errors.New("server: MaxTokenTTL must not be negative")
-	}
-	if cfg.DevTokenTTL > cfg.MaxTokenTTL {
-		cfg.DevTokenTTL = cfg.MaxTokenTTL
-	}
-	if cfg.APIKey != "" && cfg.APIKey == cfg.AdminToken {
-		return nil, errors.New("server: the API key must differ from the admin token")
-	}
-	for _, p := range cfg.AllowedOrigins {
-		if _, err := path.Match(p, ""); err != nil {
-			return nil, fmt.Errorf("server: allowed origin %q: %w", p, err)
-		}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{
 		cfg:         cfg,
@@ -210,13 +251,8 @@ func New(cfg Config, opts Options) (*Server, error) {
 		_ = s.metrics.reg.Register(depCollector{s})
 	}
 	s.baseCtx, s.cancelBase = context.WithCancel(context.Background())
-	proxies, err := ParseTrustedProxies(cfg.TrustedProxies)
-	if err != nil {
+	if s.proxies, err = ParseTrustedProxies(cfg.TrustedProxies); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
-	}
-	s.proxies = proxies
-	if cfg.PublicRooms == nil {
-		cfg.PublicRooms = []string{"*"}
 	}
 	if s.public, err = chat.ParsePatterns(cfg.PublicRooms); err != nil {
 		return nil, fmt.Errorf("server: public rooms: %w", err)
