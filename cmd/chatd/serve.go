@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/signal"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -188,37 +187,20 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	history := store.NewHistory(db)
 	checks := []server.Check{{Name: "database", Check: db.Ping}}
 
-	var newBroker func(chat.BrokerHandler) chat.Broker
+	var broker chat.Broker = chat.NewMemoryBroker()
 	var redisBroker *cluster.RedisBroker
-	var brokerErr error
-	// The relay tells the hub when it was cut off; the hub exists once the
-	// relay runs.
-	var hubRef atomic.Pointer[chat.Hub]
 	if c.redisURL != "" {
-		newBroker = func(h chat.BrokerHandler) chat.Broker {
-			redisBroker, brokerErr = cluster.NewRedisBroker(cluster.RedisBrokerConfig{
-				URL:      c.redisURL,
-				NodeName: c.nodeName,
-				Logger:   log,
-				// Resync runs before the relay delivers anything more, so
-				// no broadcast reaches a channel about to be told to
-				// recover.
-				OnReconnect: func() {
-					if hub := hubRef.Load(); hub != nil {
-						hub.Resync()
-					}
-				},
-			}, h)
-			if brokerErr != nil {
-				return chat.NewMemoryBroker(h) // unused: serve fails below
-			}
-			return metrics.InstrumentBroker(redisBroker)
+		redisBroker, err = cluster.NewRedisBroker(cluster.RedisBrokerConfig{
+			URL:      c.redisURL,
+			NodeName: c.nodeName,
+			Logger:   log,
+		})
+		if err != nil {
+			return fail(err)
 		}
-	} else {
-		newBroker = func(h chat.BrokerHandler) chat.Broker {
-			return metrics.InstrumentBroker(chat.NewMemoryBroker(h))
-		}
+		broker = redisBroker
 	}
+	broker = metrics.InstrumentBroker(broker)
 
 	// Presence and connection slots are cluster-wide with Redis. They are
 	// closed after the connections, whose leaves they record.
@@ -229,20 +211,11 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 			URL:      c.redisURL,
 			NodeName: c.nodeName,
 			Logger:   log,
-			OnRemoved: func(room string, removed []chat.PresenceEntry) {
-				if hub := hubRef.Load(); hub != nil {
-					hub.PresenceLeft(room, removed)
-				}
-			},
-			OnRestored: func(room string, restored []chat.PresenceEntry) {
-				if hub := hubRef.Load(); hub != nil {
-					hub.PresenceJoined(room, restored)
-				}
-			},
 		})
 		if err != nil {
 			return fail(err)
 		}
+		closers = append(closers, closer{"presence", func(context.Context) error { return redisPresence.Close() }})
 		presence = redisPresence
 	}
 
@@ -282,14 +255,10 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		UserBurst:   c.userBurst,
 		JoinRate:    c.joinRate,
 		JoinBurst:   c.joinBurst,
-	}, chat.Options{Logger: log, Sink: writer, History: history, NewBroker: newBroker, Presence: presence, RateLimiter: rateLimiter})
+	}, chat.Options{Logger: log, Sink: writer, History: history, Broker: broker, Presence: presence, RateLimiter: rateLimiter})
 	if err != nil {
 		return fail(err)
 	}
-	if brokerErr != nil {
-		return fail(brokerErr)
-	}
-	hubRef.Store(hub)
 
 	var membership *cluster.Membership
 	var limiter chat.ConnLimiter = chat.NewMemoryConnLimiter(c.maxConns)
@@ -301,9 +270,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		addrLimiter = chat.NewMemoryConnLimiter(c.maxConnsPerIP)
 	}
 	if redisBroker != nil {
-		if err := redisBroker.Run(); err != nil {
-			return fail(err)
-		}
+		// Closed after the connections, before the persistence queue.
 		closers = append(closers, closer{"redis relay", func(context.Context) error { return redisBroker.Close() }})
 		// What this node accepted before a crash and had not stored yet
 		// is in the room logs: store it before serving.
@@ -311,10 +278,6 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 		takeOver(tctx, redisBroker, writer, log, c.nodeName)
 		cancel()
 		checks = append(checks, server.Check{Name: "redis", Check: redisBroker.Ping})
-		if err := redisPresence.Run(); err != nil {
-			return fail(err)
-		}
-		closers = append(closers, closer{"presence", func(context.Context) error { return redisPresence.Close() }})
 		redisLimiter, err := cluster.NewRedisConnLimiter(cluster.RedisConnLimiterConfig{
 			URL: c.redisURL, NodeName: c.nodeName, Max: c.maxConns, Logger: log,
 		})
