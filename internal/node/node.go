@@ -313,7 +313,11 @@ func (n *Node) buildServer() error {
 	// revocations live there for as long as a revoked token can; on a
 	// single node, the server keeps them in memory.
 	var revocations chat.Revocations
-	sources := server.MetricsSources{Writer: n.writer.Stats}
+	sources := server.MetricsSources{Writer: func() server.QueueStats {
+		ws := n.writer.Stats()
+		return server.QueueStats{QueueDepth: ws.QueueDepth, QueueCapacity: ws.QueueCapacity, InFlight: ws.InFlight,
+			Lag: ws.Lag, Written: ws.Written, Retries: ws.Retries, Failures: ws.Failures, Dropped: ws.Dropped, Rejected: ws.Rejected}
+	}}
 	if n.rdb != nil {
 		limiter = n.limiter
 		if n.addrLimiter != nil {
@@ -327,10 +331,20 @@ func (n *Node) buildServer() error {
 		}
 		n.add("revocations", func(context.Context) error { return rv.Close() })
 		revocations = rv
-		sources.Relay = n.broker.Stats
+		sources.Relay = func() server.RelayStats {
+			rs := n.broker.Stats()
+			return server.RelayStats{Published: rs.Published, Received: rs.Received, Reconnects: rs.Reconnects, Rooms: rs.Rooms}
+		}
 		sources.PresenceEntries = func() int { return n.presence.Stats().Local }
-		sources.Limiter = n.limiter.Stats
-		sources.Members = n.membership.Members
+		sources.SlotsHeld = func() int { return n.limiter.Stats().Held }
+		sources.MemberStates = func() []string {
+			ms := n.membership.Members()
+			states := make([]string, len(ms))
+			for i, m := range ms {
+				states[i] = string(m.State)
+			}
+			return states
+		}
 	}
 	n.metrics.SetSources(sources)
 
@@ -348,7 +362,7 @@ func (n *Node) buildServer() error {
 		Limiter:     limiter,
 		AddrLimiter: addrLimiter,
 		Logger:      n.log,
-		Messages:    n.history,
+		Messages:    pager{n.history},
 		Checks:      n.checks,
 		Stats:       func(ctx context.Context) any { return n.Stats(ctx) },
 		Metrics:     n.metrics,
@@ -462,4 +476,11 @@ func (n *Node) advertiseHTTP(ln net.Addr) (string, error) {
 		return "", err
 	}
 	return net.JoinHostPort(ip, port), nil
+}
+
+// pager serves the server's history API from the store.
+type pager struct{ h *store.History }
+
+func (p pager) Page(ctx context.Context, room string, q server.PageQuery) ([]chat.Message, error) {
+	return p.h.Page(ctx, room, store.PageQuery{Before: q.Before, After: q.After, Limit: q.Limit})
 }

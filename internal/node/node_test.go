@@ -14,6 +14,7 @@ import (
 
 	"github.com/chatd/chatd/cluster"
 	"github.com/chatd/chatd/internal/testsvc"
+	"github.com/chatd/chatd/server"
 )
 
 // testConfig is a node on loopback with an SQLite file of its own.
@@ -214,6 +215,19 @@ func TestAdvertiseHTTP(t *testing.T) {
 		got, err := n.advertiseHTTP(tc.ln)
 		if err != nil || got != tc.want {
 			t.Errorf("advertise %q, listener %s: %q, %v; want %q", tc.advertise, tc.ln, got, err, tc.want)
+		}
+	}
+}
+
+// The server labels member states with the cluster's names.
+func TestMemberStateNames(t *testing.T) {
+	for _, p := range [][2]string{
+		{server.MemberAlive, string(cluster.MemberAlive)},
+		{server.MemberDead, string(cluster.MemberDead)},
+		{server.MemberLeft, string(cluster.MemberLeft)},
+	} {
+		if p[0] != p[1] {
+			t.Errorf("server member state %q, cluster's %q", p[0], p[1])
 		}
 	}
 }
