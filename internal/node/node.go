@@ -78,9 +78,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, log: log}
 	if err := n.build(ctx); err != nil {
-		cctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		return nil, errors.Join(err, n.closeAll(cctx))
+		return nil, n.fail(err)
 	}
 	return n, nil
 }
@@ -422,10 +420,14 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	return n.shutdown(serveErr, nil)
 }
 
-// fail releases what New built, for a Run that never served.
+// fail releases what New built, for a node that never served: the hub,
+// if it was made (the server would have shut it down), then the closers.
 func (n *Node) fail(err error) error {
 	cctx, cancel := context.WithTimeout(context.Background(), n.cfg.ShutdownTimeout)
 	defer cancel()
+	if n.hub != nil {
+		err = errors.Join(err, n.hub.Shutdown(cctx))
+	}
 	return errors.Join(err, n.closeAll(cctx))
 }
 

@@ -231,3 +231,30 @@ func TestMemberStateNames(t *testing.T) {
 		}
 	}
 }
+
+// A node that cannot start releases what it built and says why.
+func TestStartFailures(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Migrate = false
+	if _, err := New(context.Background(), cfg, testsvc.Logger(t)); err == nil || !strings.Contains(err.Error(), "chatd migrate up") {
+		t.Fatalf("New on an unmigrated database: %v", err)
+	}
+
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	cfg = testConfig(t)
+	cfg.Addr = taken.Addr().String()
+	n, err := New(context.Background(), cfg, testsvc.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "listen") {
+		t.Fatalf("Run on a taken address: %v", err)
+	}
+	if !n.hub.Draining() {
+		t.Fatal("the hub of a node that never served was not shut down")
+	}
+}
