@@ -11,8 +11,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -42,6 +44,12 @@ type Node struct {
 	limiter     *cluster.RedisConnLimiter
 	addrLimiter *cluster.RedisConnLimiter
 	membership  *cluster.Membership
+	// loops are the components with background rounds on Redis
+	// (presence, connection limits), closed together: on the shared
+	// client a round stuck on a hung Redis ends only by its own timeout
+	// (see cluster.RedisPresence.Close), so they wait for it at once
+	// rather than one after the other.
+	loops []io.Closer
 
 	hub *chat.Hub
 	srv *server.Server
@@ -85,6 +93,17 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 
 func (n *Node) add(name string, fn func(ctx context.Context) error) {
 	n.closers = append(n.closers, closer{name, fn})
+}
+
+// closeLoops closes the loops concurrently and waits for them.
+func (n *Node) closeLoops(context.Context) error {
+	errs := make([]error, len(n.loops))
+	var wg sync.WaitGroup
+	for i, l := range n.loops {
+		wg.Go(func() { errs[i] = l.Close() })
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }
 
 // closeAll runs the closers in reverse order.
@@ -196,7 +215,8 @@ func (n *Node) buildHub() error {
 		if err != nil {
 			return err
 		}
-		n.add("presence", func(context.Context) error { return n.presence.Close() })
+		n.loops = append(n.loops, n.presence)
+		n.add("presence and connection limits", n.closeLoops)
 		broker, presence = n.broker, n.presence
 		// The per-user message and join buckets are cluster-wide with
 		// Redis, so that neither reconnecting nor switching nodes resets
@@ -245,10 +265,10 @@ func (n *Node) runRedis(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	n.loops = append(n.loops, n.limiter)
 	if err := n.limiter.Run(); err != nil {
 		return err
 	}
-	n.add("connection limits", func(context.Context) error { return n.limiter.Close() })
 	// Connections per client address: a limiter of its own (its own Max),
 	// under a key space of its own.
 	if c.MaxConnsPerIP > 0 {
@@ -258,10 +278,10 @@ func (n *Node) runRedis(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		n.loops = append(n.loops, n.addrLimiter)
 		if err := n.addrLimiter.Run(); err != nil {
 			return err
 		}
-		n.add("address connection limits", func(context.Context) error { return n.addrLimiter.Close() })
 	}
 
 	n.membership, err = cluster.NewMembership(cluster.MembershipConfig{
