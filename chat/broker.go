@@ -11,6 +11,24 @@ import (
 // room. The handler must not block, and must treat data as read-only.
 type BrokerHandler func(room string, data []byte)
 
+// RelayEvents is what a broker reports to the hub besides publications.
+// *Hub implements it; the hub registers itself when it starts (Run).
+type RelayEvents interface {
+	// Resync is called when the relay delivers again after it was cut
+	// off: what was published meanwhile never reached this node, so every
+	// local member is told to catch up. It is called before the relay
+	// delivers anything more, and must not block.
+	Resync()
+	// RoomLastID returns the greatest message id the relay delivered in
+	// room on this node (empty if none). A broker whose room log is empty
+	// (a new room, an expired log, or one lost with Redis's data) first
+	// lets the relay deliver what was published before, then starts the
+	// log only with an id after this one, else answers *OutOfOrderError
+	// naming it: so a message chosen before this node received its
+	// predecessors does not come after them in a new log.
+	RoomLastID(room string) string
+}
+
 // Broker keeps each room's log and relays room publications between the
 // nodes of a cluster.
 //
@@ -20,6 +38,11 @@ type BrokerHandler func(room string, data []byte)
 // "history") reads the log, whatever node accepted a message and whether it
 // is stored yet.
 type Broker interface {
+	// Run registers the node's handler and starts delivery: publications
+	// of the rooms this node subscribes to go to h, the relay's events to
+	// ev (nil: not reported). The hub calls it once, as it starts
+	// (NewHub), before any other method; a broker is not run twice.
+	Run(h BrokerHandler, ev RelayEvents) error
 	// Publish delivers data to the handler of every node subscribed to room,
 	// this node included. The publications of one room reach every node's
 	// handler in one order, the same on every node, and exactly once. A nil

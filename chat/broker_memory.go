@@ -3,6 +3,7 @@ package chat
 import (
 	"container/list"
 	"context"
+	"errors"
 	"hash/maphash"
 	"slices"
 	"sync"
@@ -96,21 +97,34 @@ func (l *memoryLog) last() string {
 
 var _ Broker = (*MemoryBroker)(nil)
 
-// NewMemoryBroker returns a broker that delivers to handler, with the
-// default configuration.
-func NewMemoryBroker(handler BrokerHandler) *MemoryBroker {
-	return NewMemoryBrokerWith(MemoryBrokerConfig{}, handler)
+// NewMemoryBroker returns a broker with the default configuration; Run
+// starts its delivery.
+func NewMemoryBroker() *MemoryBroker {
+	return NewMemoryBrokerWith(MemoryBrokerConfig{})
 }
 
 // NewMemoryBrokerWith returns a broker configured by cfg that delivers to
-// handler.
-func NewMemoryBrokerWith(cfg MemoryBrokerConfig, handler BrokerHandler) *MemoryBroker {
-	b := &MemoryBroker{cfg: cfg.withDefaults(), handler: handler, seed: maphash.MakeSeed()}
+// the handler Run registers.
+func NewMemoryBrokerWith(cfg MemoryBrokerConfig) *MemoryBroker {
+	b := &MemoryBroker{cfg: cfg.withDefaults(), seed: maphash.MakeSeed()}
 	for i := range b.shards {
 		b.shards[i].subs = make(map[string]int)
 		b.shards[i].logs = make(map[string]*memoryLog)
 	}
 	return b
+}
+
+// Run implements Broker: it registers h. A single node's relay is never
+// cut off, so ev is never called.
+func (b *MemoryBroker) Run(h BrokerHandler, _ RelayEvents) error {
+	if h == nil {
+		return errors.New("chat: memory broker: nil handler")
+	}
+	if b.handler != nil {
+		return errors.New("chat: memory broker already running")
+	}
+	b.handler = h
+	return nil
 }
 
 func (b *MemoryBroker) shard(room string) *memoryShard {

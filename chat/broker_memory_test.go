@@ -12,14 +12,14 @@ import (
 
 // The memory broker is single-node: it runs the single-node properties only.
 func TestMemoryBroker(t *testing.T) {
-	chattest.RunBrokerTests(t, func(t *testing.T, h chat.BrokerHandler) chat.Broker {
-		return chat.NewMemoryBroker(h)
+	chattest.RunBrokerTests(t, func(t *testing.T) chat.Broker {
+		return chat.NewMemoryBroker()
 	})
 }
 
 func TestMemoryBrokerLog(t *testing.T) {
-	chattest.RunLogTests(t, func(t *testing.T, h chat.BrokerHandler) chat.Broker {
-		return chat.NewMemoryBroker(h)
+	chattest.RunLogTests(t, func(t *testing.T) chat.Broker {
+		return chat.NewMemoryBroker()
 	})
 }
 
@@ -27,7 +27,10 @@ func TestMemoryBrokerLog(t *testing.T) {
 // the log being written), however many rooms are written at once: the
 // least recently written are dropped whole.
 func TestMemoryBrokerLogBound(t *testing.T) {
-	b := chat.NewMemoryBrokerWith(chat.MemoryBrokerConfig{MaxLogMessages: 3000}, func(string, []byte) {})
+	b := chat.NewMemoryBrokerWith(chat.MemoryBrokerConfig{MaxLogMessages: 3000})
+	if err := b.Run(func(string, []byte) {}, nil); err != nil {
+		t.Fatal(err)
+	}
 	const rooms, writers, perWriter = 40, 8, 500
 	var wg sync.WaitGroup
 	for w := range writers {

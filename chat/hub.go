@@ -15,21 +15,29 @@ import (
 type Options struct {
 	// Logger receives the hub's logs. Nil: discard.
 	Logger *slog.Logger
-	// NewBroker builds the broker, given the handler it must deliver to.
-	// Nil: a MemoryBroker.
-	NewBroker func(BrokerHandler) Broker
+	// Broker keeps the rooms' logs and relays publications. NewHub runs
+	// it (Broker.Run), registering the hub as its handler; the caller
+	// closes it after the hub's Shutdown. Nil: a MemoryBroker.
+	Broker Broker
 	// Sink persists accepted messages. Nil: DiscardSink.
 	Sink MessageSink
 	// History answers the join options "history" and "since" for what is
 	// older than the rooms' logs. Nil: only the logs answer.
 	History History
-	// Presence tracks who is in each room. Nil: a MemoryPresence.
+	// Presence tracks who is in each room; a PresenceRunner is run by
+	// NewHub, which registers itself for its events. Nil: a
+	// MemoryPresence.
 	Presence Presence
 	// RateLimiter holds the per-user message and join buckets. Nil: a
 	// MemoryRateLimiter. When it fails, the hub limits with buckets of its
 	// own (see rateTimeout).
 	RateLimiter RateLimiter
 }
+
+var (
+	_ RelayEvents    = (*Hub)(nil)
+	_ PresenceEvents = (*Hub)(nil)
+)
 
 // Hub owns the rooms and sessions of one node.
 type Hub struct {
@@ -122,10 +130,17 @@ func NewHub(cfg Config, opts Options) (*Hub, error) {
 	for i := range h.shards {
 		h.shards[i].rooms = make(map[string]*room)
 	}
-	if opts.NewBroker != nil {
-		h.broker = opts.NewBroker(h.deliver)
-	} else {
-		h.broker = NewMemoryBroker(h.deliver)
+	h.broker = opts.Broker
+	if h.broker == nil {
+		h.broker = NewMemoryBroker()
+	}
+	if err := h.broker.Run(h.deliver, h); err != nil {
+		return nil, err
+	}
+	if r, ok := h.presence.(PresenceRunner); ok {
+		if err := r.Run(h); err != nil {
+			return nil, err
+		}
 	}
 	var controlCtx context.Context
 	controlCtx, h.stopControlSub = context.WithCancel(context.Background())

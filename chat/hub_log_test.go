@@ -170,12 +170,9 @@ func (b *faultyBroker) Resolve(ctx context.Context, room, id string) (bool, erro
 // error and nothing delivered.
 func TestPublishUnknownOutcomeResolved(t *testing.T) {
 	for _, accepted := range []bool{true, false} {
-		var fb *faultyBroker
 		sink := &countingSink{}
-		h, s, r := joined(t, Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
-			fb = &faultyBroker{MemoryBroker: NewMemoryBroker(hd), publishFirst: accepted}
-			return fb
-		}}, "s", "lobby")
+		fb := &faultyBroker{MemoryBroker: NewMemoryBroker(), publishFirst: accepted}
+		h, s, r := joined(t, Options{Sink: sink, Broker: fb}, "s", "lobby")
 		ctx := context.Background()
 		m, err := h.publish(ctx, r.name, "s", "hi")
 		delivered := newMsgEvents(frames(t, s))
@@ -196,14 +193,11 @@ func TestPublishUnknownOutcomeResolved(t *testing.T) {
 // is then stored, a refused one's place given back.
 func TestPublishSettledLate(t *testing.T) {
 	for _, accepted := range []bool{true, false} {
-		var fb *faultyBroker
 		sink := &countingSink{}
+		fb := &faultyBroker{MemoryBroker: NewMemoryBroker(), publishFirst: accepted,
+			unknownUntil: time.Now().Add(600 * time.Millisecond)}
 		h, err := NewHub(Config{RelayTimeout: 50 * time.Millisecond, ResolveTimeout: 200 * time.Millisecond},
-			Options{Sink: sink, NewBroker: func(hd BrokerHandler) Broker {
-				fb = &faultyBroker{MemoryBroker: NewMemoryBroker(hd), publishFirst: accepted,
-					unknownUntil: time.Now().Add(600 * time.Millisecond)}
-				return fb
-			}})
+			Options{Sink: sink, Broker: fb})
 		if err != nil {
 			t.Fatal(err)
 		}

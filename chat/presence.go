@@ -30,6 +30,22 @@ type Presence interface {
 	List(ctx context.Context, room string) ([]PresenceEntry, error)
 }
 
+// PresenceEvents is what a cluster-wide Presence reports to the hub:
+// entries it removed on its own (their node died, their lease lapsed) and
+// entries of this node it wrote back (Redis lost them). *Hub implements
+// it: members are sent the matching presence_diff. Calls must not block.
+type PresenceEvents interface {
+	PresenceLeft(room string, removed []PresenceEntry)
+	PresenceJoined(room string, restored []PresenceEntry)
+}
+
+// PresenceRunner is implemented by a Presence with background work that
+// reports PresenceEvents: the hub runs it as it starts (NewHub),
+// registering itself as ev. Run is called once.
+type PresenceRunner interface {
+	Run(ev PresenceEvents) error
+}
+
 // NodeReaper is implemented by cluster-wide Presence and ConnLimiter
 // implementations: it frees what a node that died held.
 type NodeReaper interface {

@@ -71,7 +71,7 @@ type RedisBrokerConfig struct {
 	// connection that delivers nothing, not even a pong, for three intervals
 	// is probed: when a new TCP connection to Redis's address cannot be
 	// opened within OpTimeout, Redis is cut off and the connection is
-	// replaced (OnReconnect follows); when it can, Redis is only busy (a
+	// replaced (the hub's Resync follows); when it can, Redis is only busy (a
 	// long script, DEBUG SLEEP, a stopped process): nothing is lost on a
 	// live connection, so it is kept. Zero: 5 s.
 	PingInterval time.Duration
@@ -87,22 +87,6 @@ type RedisBrokerConfig struct {
 	// Redis again after the pub/sub connection failed; the pause doubles
 	// from MinBackoff up to MaxBackoff, with jitter. Zero: 50 ms and 2 s.
 	MinBackoff, MaxBackoff time.Duration
-	// OnReconnect is called, from the goroutine that reads the pub/sub
-	// connection, each time the connection is restored after failing:
-	// whatever was published while it was down never reached this node, so
-	// the caller makes its clients catch up (the hub's Resync). It must not
-	// block. Nil: nothing is called.
-	OnReconnect func()
-	// LastID returns the greatest message id this node has received in
-	// room (the hub's RoomLastID). A publish that finds its room's log
-	// empty (a new room, an expired log, or one lost with Redis's data)
-	// first waits until the pub/sub connection has delivered everything
-	// published before, then starts the log only with an id after
-	// LastID's, else returns *chat.OutOfOrderError naming it: so a log
-	// lost with Redis's data does not let a message chosen before this
-	// node received its predecessors come after them. Nil: the id starts
-	// the log once the relay is caught up.
-	LastID func(room string) string
 }
 
 func (c *RedisBrokerConfig) setDefaults() error {
@@ -179,7 +163,8 @@ type RedisBroker struct {
 	log        *slog.Logger
 	client     *redis.Client
 	ownsClient bool
-	handler    chat.BrokerHandler
+	handler    chat.BrokerHandler // set by Run
+	events     chat.RelayEvents   // set by Run; may be nil
 	ps         *redis.PubSub
 	chanPrefix string // "<Prefix>:room:"
 	prefix     string
@@ -261,12 +246,9 @@ var (
 // difference between the log's lifetime and this.
 const indexRefresh = 10 * time.Minute
 
-// NewRedisBroker returns a broker that delivers the rooms this node
-// subscribes to to handler. It does not contact Redis; Run starts it.
-func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBroker, error) {
-	if handler == nil {
-		return nil, errors.New("cluster: redis broker: nil handler")
-	}
+// NewRedisBroker returns a broker configured by cfg. It does not contact
+// Redis; Run starts its delivery.
+func NewRedisBroker(cfg RedisBrokerConfig) (*RedisBroker, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
@@ -274,7 +256,6 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBr
 		cfg:        cfg,
 		log:        cfg.Logger,
 		client:     cfg.Client,
-		handler:    handler,
 		chanPrefix: cfg.Prefix + ":room:",
 		prefix:     cfg.Prefix,
 		indexKey:   cfg.Prefix + ":node-rooms:{" + cfg.NodeName + "}",
@@ -294,10 +275,18 @@ func NewRedisBroker(cfg RedisBrokerConfig, handler chat.BrokerHandler) (*RedisBr
 	return b, nil
 }
 
-// Run starts the goroutines that keep the pub/sub connection and deliver
-// its messages. It does not block and does not wait for Redis: while Redis
-// is unreachable the broker keeps trying. Run may be called once.
-func (b *RedisBroker) Run() error {
+// Run implements chat.Broker: it starts the goroutines that keep the
+// pub/sub connection and deliver its messages to h. Each time the pub/sub
+// connection is restored after failing, from the goroutine that reads it
+// and before it delivers anything more, ev.Resync is called: whatever was
+// published while it was down never reached this node. Run does not block
+// and does not wait for Redis: while Redis is unreachable the broker keeps
+// trying. Run may be called once. Publish, Delete, ReadLog, Resolve and
+// TakeOver work before Run; Subscribe needs it.
+func (b *RedisBroker) Run(h chat.BrokerHandler, ev chat.RelayEvents) error {
+	if h == nil {
+		return errors.New("cluster: redis broker: nil handler")
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	switch {
@@ -307,6 +296,7 @@ func (b *RedisBroker) Run() error {
 		return errors.New("cluster: redis broker already running")
 	}
 	b.running = true
+	b.handler, b.events = h, ev
 	b.wg.Add(2)
 	go b.receiveLoop()
 	go b.syncLoop()
@@ -433,8 +423,8 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 				b.publishErrors.Add(1)
 				return fmt.Errorf("%w: cluster: redis publish to room %s: reading the relay before starting the room's log: %w", chat.ErrNotPublished, room, err)
 			}
-			if b.cfg.LastID != nil {
-				if last := b.cfg.LastID(room); last >= id {
+			if ev := b.events; ev != nil {
+				if last := ev.RoomLastID(room); last >= id {
 					b.outOfOrder.Add(1)
 					return &chat.OutOfOrderError{Last: last}
 				}
@@ -962,7 +952,7 @@ func chunks(s []string) func(yield func([]string) bool) {
 // it, restarted, the network reset it) is a failure: go-redis replaces
 // the connection on the next read (SUBSCRIBE-ing every recorded channel on
 // the new one), the loop pauses with backoff between attempts, and
-// OnReconnect is called once the new connection delivers.
+// the hub's Resync is called once the new connection delivers.
 func (b *RedisBroker) receiveLoop() {
 	defer b.wg.Done()
 	failures := 0
@@ -1024,8 +1014,8 @@ func (b *RedisBroker) receiveLoop() {
 			b.log.Info("redis broker: pub/sub connection restored", "failed_attempts", failures)
 			failures = 0
 			b.signal()
-			if b.cfg.OnReconnect != nil {
-				b.cfg.OnReconnect()
+			if b.events != nil {
+				b.events.Resync()
 			}
 		}
 		switch m := msg.(type) {

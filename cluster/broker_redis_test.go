@@ -38,20 +38,74 @@ func running[C interface {
 	return c
 }
 
-// startBroker makes and runs a RedisBroker, closed when tb ends.
+// closing fails tb on err, and closes c when tb ends.
+func closing[C interface{ Close() error }](tb testing.TB, c C, err error) C {
+	tb.Helper()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			tb.Errorf("Close: %v", err)
+		}
+	})
+	return c
+}
+
+// startBroker makes and runs a RedisBroker delivering to h, closed when
+// tb ends.
 func startBroker(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.BrokerHandler) *cluster.RedisBroker {
+	tb.Helper()
+	return startBrokerEvents(tb, cfg, h, nil)
+}
+
+// startBrokerEvents is startBroker reporting the relay's events to ev.
+func startBrokerEvents(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.BrokerHandler, ev chat.RelayEvents) *cluster.RedisBroker {
 	tb.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testsvc.Logger(tb)
 	}
-	b, err := cluster.NewRedisBroker(cfg, h)
-	return running(tb, b, err)
+	b, err := cluster.NewRedisBroker(cfg)
+	closing(tb, b, err)
+	if err := b.Run(h, ev); err != nil {
+		tb.Fatal(err)
+	}
+	return b
 }
 
-// redisNodes makes broker nodes that share srv.
+// resyncCounter counts the relay's Resync calls.
+type resyncCounter struct{ n *atomic.Int64 }
+
+func (r resyncCounter) Resync() { r.n.Add(1) }
+
+func (resyncCounter) RoomLastID(string) string { return "" }
+
+// lastReceived reports as RoomLastID the greatest payload its handler
+// received, as the hub does with message ids.
+type lastReceived struct {
+	mu  sync.Mutex
+	max string
+}
+
+func (l *lastReceived) handle(_ string, data []byte) {
+	l.mu.Lock()
+	l.max = max(l.max, string(data))
+	l.mu.Unlock()
+}
+
+func (*lastReceived) Resync() {}
+
+func (l *lastReceived) RoomLastID(string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.max
+}
+
+// redisNodes makes broker nodes that share srv, not running yet.
 func redisNodes(srv *testsvc.Redis) chattest.NewBrokerNode {
-	return func(t *testing.T, h chat.BrokerHandler) chat.Broker {
-		return startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL()}, h)
+	return func(t *testing.T) chat.Broker {
+		b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL(), Logger: testsvc.Logger(t)})
+		return closing(t, b, err)
 	}
 }
 
@@ -111,13 +165,13 @@ func TestRedisBrokerSharedClient(t *testing.T) {
 func TestRedisBrokerLifecycleErrors(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	h := func(string, []byte) {}
-	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{}, h); err == nil {
+	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{}); err == nil {
 		t.Fatal("NewRedisBroker without Client or URL: no error")
 	}
-	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: "http://x"}, h); err == nil {
+	if _, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: "http://x"}); err == nil {
 		t.Fatal("NewRedisBroker with a bad URL: no error")
 	}
-	b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL()}, h)
+	b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +179,13 @@ func TestRedisBrokerLifecycleErrors(t *testing.T) {
 	if err := b.Subscribe(ctx, "lobby"); err == nil {
 		t.Fatal("Subscribe before Run: no error")
 	}
-	if err := b.Run(); err != nil {
+	if err := b.Run(nil, nil); err == nil {
+		t.Fatal("Run without a handler: no error")
+	}
+	if err := b.Run(h, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Run(); err == nil {
+	if err := b.Run(h, nil); err == nil {
 		t.Fatal("second Run: no error")
 	}
 	if err := b.Ping(ctx); err != nil {
@@ -294,15 +351,14 @@ func TestRedisBrokerSurvivesRedisRestart(t *testing.T) {
 // A Redis whose process is stopped (SIGSTOP) without closing anything is
 // busy, not gone: its kernel keeps the connections and buffers what is
 // sent. Ping reports it, the pub/sub connection is kept (no reconnect, no
-// OnReconnect), and relay resumes when Redis runs again.
+// Resync), and relay resumes when Redis runs again.
 func TestRedisBrokerKeepsFrozenRedis(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	var resyncs atomic.Int64
-	cfg := cluster.RedisBrokerConfig{URL: srv.URL(), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second,
-		OnReconnect: func() { resyncs.Add(1) }}
+	cfg := cluster.RedisBrokerConfig{URL: srv.URL(), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second}
 	rec0, rec1 := chattest.NewRecorder(), chattest.NewRecorder()
-	b0 := startBroker(t, cfg, rec0.Handle)
-	b1 := startBroker(t, cfg, rec1.Handle)
+	b0 := startBrokerEvents(t, cfg, rec0.Handle, resyncCounter{&resyncs})
+	b1 := startBrokerEvents(t, cfg, rec1.Handle, resyncCounter{&resyncs})
 	ctx := context.Background()
 	for _, b := range []*cluster.RedisBroker{b0, b1} {
 		if err := b.Subscribe(ctx, "lobby"); err != nil {
@@ -356,25 +412,25 @@ func TestRedisBrokerKeepsFrozenRedis(t *testing.T) {
 		}
 	}
 	if n := resyncs.Load(); n != 0 {
-		t.Errorf("OnReconnect called %d times for a frozen Redis", n)
+		t.Errorf("Resync called %d times for a frozen Redis", n)
 	}
 }
 
 // TestRedisBrokerStallIsNotACutOff: with the default PingInterval (5 s),
 // Redis stalls 20 s (DEBUG SLEEP 20: more than three intervals, with no
 // disconnect). Nothing is lost on the live connection: no reconnect is
-// counted, OnReconnect is not called, and publications made during and
+// counted, Resync is not called, and publications made during and
 // after the stall arrive at both nodes. Then the pub/sub connections are
 // killed (CLIENT KILL TYPE pubsub), a real cut-off: both nodes reconnect
-// and call OnReconnect, and relay works again.
+// and call Resync, and relay works again.
 func TestRedisBrokerStallIsNotACutOff(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	var resyncs [2]atomic.Int64
 	recs := []*chattest.Recorder{chattest.NewRecorder(), chattest.NewRecorder()}
 	var bs []*cluster.RedisBroker
 	for i := range 2 {
-		bs = append(bs, startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(),
-			OnReconnect: func() { resyncs[i].Add(1) }}, recs[i].Handle))
+		bs = append(bs, startBrokerEvents(t, cluster.RedisBrokerConfig{URL: srv.URL()}, recs[i].Handle,
+			resyncCounter{&resyncs[i]}))
 	}
 	ctx := context.Background()
 	for _, b := range bs {
@@ -419,7 +475,7 @@ func TestRedisBrokerStallIsNotACutOff(t *testing.T) {
 			t.Errorf("node %d: the stall was counted as a failure: %+v", i, st)
 		}
 		if n := resyncs[i].Load(); n != 0 {
-			t.Errorf("node %d: OnReconnect called %d times for a stall", i, n)
+			t.Errorf("node %d: Resync called %d times for a stall", i, n)
 		}
 	}
 
@@ -431,7 +487,7 @@ func TestRedisBrokerStallIsNotACutOff(t *testing.T) {
 	for i := range bs {
 		for resyncs[i].Load() == 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("node %d: OnReconnect not called within 15s of its pub/sub connection being killed: %+v", i, bs[i].Stats())
+				t.Fatalf("node %d: Resync not called within 15s of its pub/sub connection being killed: %+v", i, bs[i].Stats())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -455,11 +511,11 @@ func TestRedisBrokerCloseStopsGoroutines(t *testing.T) {
 	for _, down := range []bool{false, true} {
 		var bs []*cluster.RedisBroker
 		for range 3 {
-			b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL(), Logger: testsvc.Logger(t)}, func(string, []byte) {})
+			b, err := cluster.NewRedisBroker(cluster.RedisBrokerConfig{URL: srv.URL(), Logger: testsvc.Logger(t)})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := b.Run(); err != nil {
+			if err := b.Run(func(string, []byte) {}, nil); err != nil {
 				t.Fatal(err)
 			}
 			bs = append(bs, b)
@@ -711,15 +767,13 @@ func TestRedisBrokerTakeOver(t *testing.T) {
 // A room's log lost with Redis's data (FLUSHALL) between two nodes'
 // messages: a message whose id node a chose before it received node b's
 // later id is refused, naming that id, instead of starting the new log
-// behind it. Node a's LastID is what its handler received, as the hub's is.
+// behind it. Node a's RoomLastID is what its handler received, as the
+// hub's is.
 func TestRedisBrokerLostLogKeepsOrder(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	ctx := context.Background()
-	var mu sync.Mutex
-	received := ""
-	a := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "a",
-		LastID: func(string) string { mu.Lock(); defer mu.Unlock(); return received }},
-		func(_ string, data []byte) { mu.Lock(); received = max(received, string(data)); mu.Unlock() })
+	last := &lastReceived{}
+	a := startBrokerEvents(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "a"}, last.handle, last)
 	b := startBroker(t, cluster.RedisBrokerConfig{URL: srv.URL(), NodeName: "b"}, func(string, []byte) {})
 	room := chattest.RoomName()
 	if err := a.Subscribe(ctx, room); err != nil {

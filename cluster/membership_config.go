@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/go-sockaddr"
 	"github.com/hashicorp/memberlist"
 )
 
@@ -262,4 +263,25 @@ func profileName(p string) string {
 		return ProfileLAN
 	}
 	return p
+}
+
+// AdvertiseIP returns the IP other nodes reach this node's gossip at, as
+// Start picks it: the IP of AdvertiseAddr, else the bind IP, else (bound
+// to every interface) a private interface address, which memberlist
+// picks the same way. It works before Start.
+func (m *Membership) AdvertiseIP() (string, error) {
+	switch ip := m.mlConf.BindAddr; {
+	case m.mlConf.AdvertiseAddr != "":
+		return m.mlConf.AdvertiseAddr, nil
+	case ip != "0.0.0.0" && ip != "::":
+		return ip, nil
+	}
+	ip, err := sockaddr.GetPrivateIP()
+	if err != nil {
+		return "", fmt.Errorf("cluster: membership: advertise address: %w", err)
+	}
+	if ip == "" {
+		return "", errors.New("cluster: membership: no private IP address found to advertise; set AdvertiseAddr")
+	}
+	return ip, nil
 }

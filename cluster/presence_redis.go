@@ -51,21 +51,6 @@ type RedisPresenceConfig struct {
 	// most TTL + SweepInterval after its last refresh even when nobody
 	// calls RemoveNode. Zero: TTL/3.
 	SweepInterval time.Duration
-	// OnRemoved, when set, is called with the entries of room that this
-	// node's background work removed: a dead node's entries found by the
-	// sweeper, the entries a previous run of this node (same NodeName)
-	// left behind, and entries whose Add or Remove had failed, removed
-	// later. Each removed entry is reported once across the cluster, so the
-	// caller can broadcast presence leaves. Calls are made one at a time
-	// from the presence's goroutines; they must not block for long, nor
-	// call Close. RemoveNode does not call it: it returns what it removed.
-	OnRemoved func(room string, removed []chat.PresenceEntry)
-	// OnRestored, when set, is called with entries of room that this node
-	// holds and found missing from Redis (after a Redis restart, or after
-	// another node took this one for dead and removed its entries) and
-	// wrote back, so the caller can broadcast presence joins again. Calls
-	// are made like OnRemoved's.
-	OnRestored func(room string, restored []chat.PresenceEntry)
 	// Logger receives the presence's logs. Nil: discard.
 	Logger *slog.Logger
 }
@@ -115,7 +100,7 @@ var ErrPresenceClosed = errors.New("cluster: redis presence closed")
 // "<Prefix>:nodes". Every node sweeps (every SweepInterval): each
 // registered node whose alive key is gone has its entries removed by a
 // script that first checks, atomically, that the key is still gone, and
-// the entries removed are reported through OnRemoved. So a node's entries
+// the entries removed are reported through PresenceLeft. So a node's entries
 // outlive it by at most TTL + SweepInterval even when memberlist is not
 // consulted, and by the time memberlist takes to declare it dead when it
 // is and RemoveNode is called.
@@ -123,10 +108,10 @@ var ErrPresenceClosed = errors.New("cluster: redis presence closed")
 // The node keeps the entries it added in memory. When its refresh finds its
 // alive key gone (Redis restarted empty, or another node swept it after it
 // could not refresh for TTL, or RemoveNode was called for it while alive)
-// it writes those entries back and reports them through OnRestored; when it
+// it writes those entries back and reports them through PresenceJoined; when it
 // finds the key set by an earlier run of the same node name (a restart
 // within TTL), it removes that run's entries and reports them through
-// OnRemoved. An entry whose Add or Remove failed (Redis unreachable, or
+// PresenceLeft. An entry whose Add or Remove failed (Redis unreachable, or
 // the reply lost: the script may have run) is removed by the next refresh
 // round instead.
 //
@@ -145,7 +130,8 @@ type RedisPresence struct {
 	nodeKey     string // nodePrefix + NodeName
 	aliveKey    string // alivePrefix + NodeName
 
-	cbMu sync.Mutex // serialises OnRemoved and OnRestored calls
+	cbMu   sync.Mutex          // serialises the events' calls
+	events chat.PresenceEvents // set by Run; may be nil
 
 	// mu guards the fields below; it is never held across network I/O or a
 	// callback.
@@ -345,10 +331,24 @@ func NewRedisPresence(cfg RedisPresenceConfig) (*RedisPresence, error) {
 	return p, nil
 }
 
-// Run starts the goroutines that keep this node's alive key (the first
-// refresh at once) and sweep dead nodes. It does not block and does not
-// wait for Redis. Run may be called once.
-func (p *RedisPresence) Run() error {
+// Run implements chat.PresenceRunner: it starts the goroutines that keep
+// this node's alive key (the first refresh at once) and sweep dead nodes,
+// and reports to ev (nil: nothing is reported):
+//   - PresenceLeft, the entries of a room that this node's background work
+//     removed: a dead node's entries found by the sweeper, the entries a
+//     previous run of this node (same NodeName) left behind, and entries
+//     whose Add or Remove had failed, removed later. Each removed entry is
+//     reported once across the cluster, so the hub can broadcast presence
+//     leaves. RemoveNode does not report: it returns what it removed.
+//   - PresenceJoined, entries of a room that this node holds and found
+//     missing from Redis (after a Redis restart, or after another node took
+//     this one for dead and removed its entries) and wrote back, so the hub
+//     can broadcast presence joins again.
+//
+// Calls are made one at a time from the presence's goroutines; they must
+// not block for long, nor call Close. Run does not block and does not wait
+// for Redis. Run may be called once.
+func (p *RedisPresence) Run(ev chat.PresenceEvents) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	switch {
@@ -358,6 +358,7 @@ func (p *RedisPresence) Run() error {
 		return errors.New("cluster: redis presence already running")
 	}
 	p.running = true
+	p.events = ev
 	p.wg.Add(2)
 	go p.aliveLoop()
 	go p.sweepLoop()
@@ -422,7 +423,7 @@ func (p *RedisPresence) Add(ctx context.Context, room string, e chat.PresenceEnt
 // Remove implements chat.Presence with one atomic script; any node may
 // remove any entry. When Redis cannot be reached it returns an error, and
 // if the entry is this node's, the next refresh round removes it once
-// Redis answers (reporting it through OnRemoved).
+// Redis answers (reporting it through PresenceLeft).
 func (p *RedisPresence) Remove(ctx context.Context, room, ref string) (bool, error) {
 	if p.isClosed.Load() {
 		return false, ErrPresenceClosed
@@ -477,8 +478,8 @@ func (p *RedisPresence) List(ctx context.Context, room string) ([]chat.PresenceE
 // every entry the node named node added and returns them by room; a second
 // call, on any node, returns nothing. It also deletes the node's alive key,
 // so that if the node is in fact alive it notices at its next refresh and
-// writes its entries back (reporting them through its OnRestored).
-// RemoveNode does not call OnRemoved.
+// writes its entries back (reporting them through its PresenceJoined).
+// RemoveNode does not call PresenceLeft.
 func (p *RedisPresence) RemoveNode(ctx context.Context, node string) (map[string][]chat.PresenceEntry, error) {
 	if p.isClosed.Load() {
 		return nil, ErrPresenceClosed
@@ -533,9 +534,9 @@ type RedisPresenceStats struct {
 	// Local is how many entries this node holds now.
 	Local int `json:"local"`
 	// Swept counts entries this node's background work removed and reported
-	// through OnRemoved.
+	// through PresenceLeft.
 	Swept int64 `json:"swept"`
-	// Restored counts entries this node wrote back (OnRestored).
+	// Restored counts entries this node wrote back (PresenceJoined).
 	Restored int64 `json:"restored"`
 	// Errors counts Adds and Removes that failed to reach Redis.
 	Errors int64 `json:"errors"`
@@ -568,20 +569,20 @@ func (p *RedisPresence) addOrphanLocked(rr roomRef) {
 	}
 }
 
-// report hands removed entries to OnRemoved, room by room.
+// report hands removed entries to PresenceLeft, room by room.
 func (p *RedisPresence) report(removed map[string][]chat.PresenceEntry) {
 	n := countEntries(removed)
 	if n == 0 {
 		return
 	}
 	p.swept.Add(int64(n))
-	if p.cfg.OnRemoved == nil {
+	if p.events == nil {
 		return
 	}
 	p.cbMu.Lock()
 	defer p.cbMu.Unlock()
 	for room, es := range removed {
-		p.cfg.OnRemoved(room, es)
+		p.events.PresenceLeft(room, es)
 	}
 }
 
@@ -673,7 +674,7 @@ func (p *RedisPresence) removeStale(timeout time.Duration) {
 }
 
 // resync writes back every entry this node holds that Redis lacks, and
-// reports those through OnRestored.
+// reports those through PresenceJoined.
 func (p *RedisPresence) resync(timeout time.Duration) {
 	type item struct {
 		room string
@@ -741,13 +742,13 @@ func (p *RedisPresence) resync(timeout time.Duration) {
 		return
 	}
 	p.restored.Add(int64(n))
-	if p.cfg.OnRestored == nil {
+	if p.events == nil {
 		return
 	}
 	p.cbMu.Lock()
 	defer p.cbMu.Unlock()
 	for room, es := range restored {
-		p.cfg.OnRestored(room, es)
+		p.events.PresenceJoined(room, es)
 	}
 }
 

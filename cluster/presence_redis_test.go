@@ -18,13 +18,37 @@ import (
 )
 
 // startPresence makes and runs a RedisPresence, closed when tb ends.
-func startPresence(tb testing.TB, cfg cluster.RedisPresenceConfig) *cluster.RedisPresence {
+func startPresence(tb testing.TB, cfg cluster.RedisPresenceConfig, ev ...events) *cluster.RedisPresence {
 	tb.Helper()
 	if cfg.Logger == nil {
 		cfg.Logger = testsvc.Logger(tb)
 	}
 	p, err := cluster.NewRedisPresence(cfg)
-	return running(tb, p, err)
+	closing(tb, p, err)
+	var e chat.PresenceEvents
+	if len(ev) > 0 {
+		e = ev[0]
+	}
+	if err := p.Run(e); err != nil {
+		tb.Fatal(err)
+	}
+	return p
+}
+
+// events records what a presence reports: its removals in left, its
+// restorations in joined (each may be nil).
+type events struct{ left, joined *entryLog }
+
+func (e events) PresenceLeft(room string, es []chat.PresenceEntry) {
+	if e.left != nil {
+		e.left.record(room, es)
+	}
+}
+
+func (e events) PresenceJoined(room string, es []chat.PresenceEntry) {
+	if e.joined != nil {
+		e.joined.record(room, es)
+	}
 }
 
 func TestRedisPresence(t *testing.T) {
@@ -77,10 +101,10 @@ func TestRedisPresenceLifecycle(t *testing.T) {
 	if err := p.Add(ctx, "lobby", noRef); err == nil {
 		t.Fatal("Add without phx_ref: no error")
 	}
-	if err := p.Run(); err != nil {
+	if err := p.Run(nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Run(); err == nil {
+	if err := p.Run(nil); err == nil {
 		t.Fatal("second Run: no error")
 	}
 	// Run's first round keeps this run's entries.
@@ -103,7 +127,7 @@ func TestRedisPresenceLifecycle(t *testing.T) {
 	if _, err := p.RemoveNode(ctx, "a"); !errors.Is(err, cluster.ErrPresenceClosed) {
 		t.Fatalf("RemoveNode after Close: %v", err)
 	}
-	if err := p.Run(); err == nil {
+	if err := p.Run(nil); err == nil {
 		t.Fatal("Run after Close: no error")
 	}
 }
@@ -227,7 +251,7 @@ func mustRemoveRef(t testing.TB, p chat.Presence, room, ref string) {
 
 // A node that stops refreshing its alive key (a crash) has its entries
 // swept by the others within TTL + SweepInterval, each reported once
-// through OnRemoved, with no RemoveNode call.
+// through PresenceLeft, with no RemoveNode call.
 func TestRedisPresenceSweepsCrashedNode(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	const ttl, sweep = 300 * time.Millisecond, 100 * time.Millisecond
@@ -235,8 +259,8 @@ func TestRedisPresenceSweepsCrashedNode(t *testing.T) {
 	ps := make(map[string]*cluster.RedisPresence)
 	for node, log := range logs {
 		ps[node] = startPresence(t, cluster.RedisPresenceConfig{
-			URL: srv.URL(), NodeName: node, TTL: ttl, SweepInterval: sweep, OnRemoved: log.record,
-		})
+			URL: srv.URL(), NodeName: node, TTL: ttl, SweepInterval: sweep,
+		}, events{left: log})
 	}
 	r1, r2 := chattest.RoomName(), chattest.RoomName()
 	aEntries := addEntries(t, ps["a"], "a", r1, 2)
@@ -274,7 +298,7 @@ func TestRedisPresenceSweepsCrashedNode(t *testing.T) {
 	time.Sleep(5 * sweep)
 	want := onceEach(map[string][]chat.PresenceEntry{r1: c1[1:], r2: c2})
 	if got := merged(logs["a"], logs["b"]); !maps.Equal(got, want) {
-		t.Fatalf("OnRemoved reported %v, want each of %v once", got, want)
+		t.Fatalf("PresenceLeft reported %v, want each of %v once", got, want)
 	}
 	t.Logf("reported by a: %d, by b: %d", len(logs["a"].snapshot()), len(logs["b"].snapshot()))
 	if n, err := ps["a"].RemoveNode(context.Background(), "c"); len(n) != 0 || err != nil {
@@ -288,24 +312,24 @@ func TestRedisPresenceRestartedNodeRemovesItsLeftovers(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	const ttl = 2 * time.Second // nobody sweeps c during the test
 	logA, logC := newEntryLog(), newEntryLog()
-	cfg := func(node string, log *entryLog) cluster.RedisPresenceConfig {
-		return cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: node, TTL: ttl, OnRemoved: log.record}
+	cfg := func(node string) cluster.RedisPresenceConfig {
+		return cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: node, TTL: ttl}
 	}
-	a := startPresence(t, cfg("a", logA))
-	c := startPresence(t, cfg("c", newEntryLog()))
+	a := startPresence(t, cfg("a"), events{left: logA})
+	c := startPresence(t, cfg("c"), events{left: newEntryLog()})
 	room := chattest.RoomName()
 	aEntries := addEntries(t, a, "a", room, 1)
 	old := addEntries(t, c, "c", room, 3)
 	c.Close()
 
-	c2 := startPresence(t, cfg("c", logC))
+	c2 := startPresence(t, cfg("c"), events{left: logC})
 	fresh := addEntries(t, c2, "c", room, 2)
 	waitFor(t, 3*time.Second, "the new run to remove the old run's entries", func() bool {
 		return len(logC.snapshot()) == len(old)
 	})
 	chattest.AssertPresence(t, a, room, append(slices.Clone(aEntries), fresh...)...)
 	if got, want := merged(logA, logC), onceEach(map[string][]chat.PresenceEntry{room: old}); !maps.Equal(got, want) {
-		t.Fatalf("OnRemoved reported %v, want each of %v once", got, want)
+		t.Fatalf("PresenceLeft reported %v, want each of %v once", got, want)
 	}
 	// A RemoveNode now takes the new run's entries only.
 	got, err := a.RemoveNode(context.Background(), "c")
@@ -321,7 +345,7 @@ func TestRedisPresenceRemoveNodeOfLiveNode(t *testing.T) {
 	const ttl = 600 * time.Millisecond
 	logB := newEntryLog()
 	a := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "a", TTL: ttl})
-	b := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "b", TTL: ttl, OnRestored: logB.record})
+	b := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "b", TTL: ttl}, events{joined: logB})
 	room := chattest.RoomName()
 	es := addEntries(t, b, "b", room, 3)
 	removed, err := a.RemoveNode(context.Background(), "b")
@@ -335,7 +359,7 @@ func TestRedisPresenceRemoveNodeOfLiveNode(t *testing.T) {
 	t.Logf("entries written back %v after RemoveNode", time.Since(start).Round(time.Millisecond))
 	chattest.AssertPresence(t, a, room, es...)
 	if got, want := logB.snapshot(), onceEach(map[string][]chat.PresenceEntry{room: es}); !maps.Equal(got, want) {
-		t.Fatalf("OnRestored reported %v, want %v", got, want)
+		t.Fatalf("PresenceJoined reported %v, want %v", got, want)
 	}
 	// They are b's again.
 	mustRemoveRef(t, b, room, es[0].Meta.PhxRef)
@@ -346,17 +370,17 @@ func TestRedisPresenceRemoveNodeOfLiveNode(t *testing.T) {
 }
 
 // A Redis crash: every call fails with an error and nothing panics; when
-// Redis is back (empty) each node writes its entries back (OnRestored), an
+// Redis is back (empty) each node writes its entries back (PresenceJoined), an
 // entry whose Remove failed meanwhile stays removed, nobody's entries are
 // swept, and the presence works again.
 func TestRedisPresenceSurvivesRedisRestart(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	const ttl, sweep = 600 * time.Millisecond, 100 * time.Millisecond
 	restoredA, restoredB, removedA, removedB := newEntryLog(), newEntryLog(), newEntryLog(), newEntryLog()
-	a := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "a", TTL: ttl, SweepInterval: sweep,
-		OnRestored: restoredA.record, OnRemoved: removedA.record})
-	b := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "b", TTL: ttl, SweepInterval: sweep,
-		OnRestored: restoredB.record, OnRemoved: removedB.record})
+	a := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "a", TTL: ttl, SweepInterval: sweep},
+		events{left: removedA, joined: restoredA})
+	b := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "b", TTL: ttl, SweepInterval: sweep},
+		events{left: removedB, joined: restoredB})
 	room := chattest.RoomName()
 	aEntries := addEntries(t, a, "a", room, 2)
 	bEntries := addEntries(t, b, "b", room, 3)
@@ -391,10 +415,10 @@ func TestRedisPresenceSurvivesRedisRestart(t *testing.T) {
 	time.Sleep(ttl) // more rounds: nothing changes
 	chattest.AssertPresence(t, a, room, want...)
 	if got, w := merged(restoredA, restoredB), onceEach(map[string][]chat.PresenceEntry{room: want}); !maps.Equal(got, w) {
-		t.Fatalf("OnRestored reported %v, want %v", got, w)
+		t.Fatalf("PresenceJoined reported %v, want %v", got, w)
 	}
 	if got := merged(removedA, removedB); len(got) != 0 {
-		t.Fatalf("OnRemoved reported %v after a Redis restart, want nothing", got)
+		t.Fatalf("PresenceLeft reported %v after a Redis restart, want nothing", got)
 	}
 	e := addEntries(t, a, "a", room, 1)
 	mustRemoveRef(t, b, room, aEntries[0].Meta.PhxRef)
@@ -409,7 +433,7 @@ func TestRedisPresenceRemovesOrphanedAdd(t *testing.T) {
 	srv := testsvc.StartRedis(t)
 	const ttl = 900 * time.Millisecond
 	removed := newEntryLog()
-	a := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "a", TTL: ttl, OnRemoved: removed.record})
+	a := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "a", TTL: ttl}, events{left: removed})
 	b := startPresence(t, cluster.RedisPresenceConfig{URL: srv.URL(), NodeName: "b", TTL: ttl})
 	room := chattest.RoomName()
 	kept := addEntries(t, a, "a", room, 1) // warm up: the script is cached in Redis
@@ -432,7 +456,7 @@ func TestRedisPresenceRemovesOrphanedAdd(t *testing.T) {
 	t.Logf("orphaned entry removed and reported %v after Redis thawed (refresh every %v)", time.Since(thawed).Round(time.Millisecond), ttl/3)
 	chattest.AssertPresence(t, b, room, kept...)
 	if got, want := removed.snapshot(), onceEach(map[string][]chat.PresenceEntry{room: {e}}); !maps.Equal(got, want) {
-		t.Fatalf("OnRemoved reported %v, want %v", got, want)
+		t.Fatalf("PresenceLeft reported %v, want %v", got, want)
 	}
 }
 
@@ -454,7 +478,7 @@ func TestRedisPresenceCloseStopsGoroutines(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := p.Run(); err != nil {
+			if err := p.Run(nil); err != nil {
 				t.Fatal(err)
 			}
 			if mode != "frozen" {

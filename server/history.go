@@ -9,15 +9,24 @@ import (
 	"strings"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/chatd/chatd/store"
 )
 
-// MessagePager pages through a room's stored messages (store.History).
+// PageQuery selects one page of a room's stored messages.
+type PageQuery struct {
+	// Before and After are message ids; at most one is set.
+	Before, After string
+	// Limit is the most messages asked for; the pager caps it (the
+	// store's MaxPageLimit). Zero: the pager's default.
+	Limit int
+}
+
+// MessagePager pages through a room's stored messages (the store's
+// History, behind an adapter of the node's).
 type MessagePager interface {
 	// Page returns one page of room's messages: with q.After set, oldest
 	// first going forward; otherwise newest first going back from q.Before
 	// (or from the newest).
-	Page(ctx context.Context, room string, q store.PageQuery) ([]chat.Message, error)
+	Page(ctx context.Context, room string, q PageQuery) ([]chat.Message, error)
 }
 
 type historyPage struct {
@@ -38,7 +47,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	pq := store.PageQuery{Before: q.Get("before"), After: q.Get("after")}
+	pq := PageQuery{Before: q.Get("before"), After: q.Get("after")}
 	if len(pq.Before) > 64 || len(pq.After) > 64 {
 		writeError(w, http.StatusBadRequest, "bad_request", "before and after must be message ids")
 		return
@@ -49,7 +58,7 @@ func (s *Server) handleMessages(w http.ResponseWriter, r *http.Request) {
 			writeError(w, http.StatusBadRequest, "bad_request", "limit must be a positive integer")
 			return
 		}
-		pq.Limit = min(n, store.MaxPageLimit)
+		pq.Limit = n
 	}
 	msgs, err := s.pager.Page(r.Context(), room, pq)
 	if err != nil {

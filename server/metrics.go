@@ -13,8 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/chatd/chatd/chat"
-	"github.com/chatd/chatd/cluster"
-	"github.com/chatd/chatd/store"
 )
 
 // Connection refusal reasons, the label values of
@@ -35,18 +33,40 @@ var refusalReasons = []string{RefusedVersion, RefusedDraining, RefusedAuth, Refu
 // nil field leaves its metrics out. The functions are called on every
 // scrape and must be cheap (the Stats methods are: atomics and short locks).
 type MetricsSources struct {
-	// Writer is the persistence queue (store.Writer.Stats).
-	Writer func() store.WriterStats
-	// Relay is the Redis relay (cluster.RedisBroker.Stats).
-	Relay func() cluster.RedisBrokerStats
+	// Writer is the persistence queue (the store's writer).
+	Writer func() QueueStats
+	// Relay is the Redis relay.
+	Relay func() RelayStats
 	// PresenceEntries is how many presence entries this node tracks.
 	PresenceEntries func() int
-	// Limiter is the cluster-wide connection limiter
-	// (cluster.RedisConnLimiter.Stats).
-	Limiter func() cluster.RedisConnLimiterStats
-	// Members is the cluster as memberlist sees it
-	// (cluster.Membership.Members).
-	Members func() []cluster.Member
+	// SlotsHeld is how many connection slots this node holds in the
+	// cluster-wide connection limiter.
+	SlotsHeld func() int
+	// MemberStates is the state of every member of the cluster as
+	// memberlist sees it: MemberAlive, MemberDead or MemberLeft.
+	MemberStates func() []string
+}
+
+// The member states of MetricsSources.MemberStates (cluster.MemberState's
+// values), each a label value of chatd_cluster_members.
+const (
+	MemberAlive = "alive"
+	MemberDead  = "dead"
+	MemberLeft  = "left"
+)
+
+// QueueStats are the persistence queue's figures /metrics reports.
+type QueueStats struct {
+	QueueDepth, QueueCapacity, InFlight           int
+	Lag                                           time.Duration
+	Written, Retries, Failures, Dropped, Rejected uint64
+}
+
+// RelayStats are the relay's figures /metrics reports.
+type RelayStats struct {
+	Published, Received, Reconnects int64
+	// Rooms is how many rooms this node subscribes to.
+	Rooms int
 }
 
 // Metrics is one node's Prometheus registry: a registry of its own (never
@@ -299,16 +319,16 @@ func (c statsCollector) Collect(ch chan<- prometheus.Metric) {
 	if src.PresenceEntries != nil {
 		gauge(descPresence, float64(src.PresenceEntries()))
 	}
-	if src.Limiter != nil {
-		gauge(descSlots, float64(src.Limiter().Held))
+	if src.SlotsHeld != nil {
+		gauge(descSlots, float64(src.SlotsHeld()))
 	}
-	if src.Members != nil {
-		counts := map[cluster.MemberState]int{cluster.MemberAlive: 0, cluster.MemberDead: 0, cluster.MemberLeft: 0}
-		for _, mb := range src.Members() {
-			counts[mb.State]++
+	if src.MemberStates != nil {
+		counts := map[string]int{MemberAlive: 0, MemberDead: 0, MemberLeft: 0}
+		for _, state := range src.MemberStates() {
+			counts[state]++
 		}
 		for state, n := range counts {
-			gauge(descMembers, float64(n), string(state))
+			gauge(descMembers, float64(n), state)
 		}
 	}
 }

@@ -21,10 +21,11 @@ import (
 	"github.com/chatd/chatd/chat"
 )
 
-// NewBrokerNode makes one node of a broker cluster whose handler is h. The
+// NewBrokerNode makes one node of a broker cluster, not running yet: the
+// suites run it with their own handler (Broker.Run), as the hub does. The
 // nodes one test makes belong to the same cluster (they share a Redis
 // server, say). The factory arranges for the node to be stopped when t ends.
-type NewBrokerNode func(t *testing.T, h chat.BrokerHandler) chat.Broker
+type NewBrokerNode func(t *testing.T) chat.Broker
 
 // waitTimeout bounds every wait for an expected delivery.
 const waitTimeout = 10 * time.Second
@@ -151,7 +152,14 @@ func newNodes(t *testing.T, newNode NewBrokerNode, n int) []node {
 	nodes := make([]node, n)
 	for i := range nodes {
 		rec := NewRecorder()
-		nodes[i] = node{b: newNode(t, rec.Handle), rec: rec}
+		b := newNode(t)
+		if err := b.Run(rec.Handle, nil); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if err := b.Run(rec.Handle, nil); err == nil {
+			t.Fatal("second Run: no error")
+		}
+		nodes[i] = node{b: b, rec: rec}
 	}
 	return nodes
 }

@@ -200,3 +200,23 @@ func TestServeClusterKey(t *testing.T) {
 		t.Fatalf("defaults: %v, key %x, max-conns-per-ip %d", err, c.clusterKey, c.maxConnsPerIP)
 	}
 }
+
+// The flags reach the node's configuration, CHAT_HTTP_ADVERTISE included.
+func TestServeNodeConfig(t *testing.T) {
+	t.Setenv("CHAT_HTTP_ADVERTISE", "chat-1.example:4000")
+	t.Setenv("CHAT_CLUSTER_JOIN", "a:7946, b:7946")
+	c, err := parseServe([]string{"--addr", "127.0.0.1:6000", "--max-conns-per-ip", "3", "--allowed-origins", "x.example,,y.example"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc := c.nodeConfig()
+	if nc.HTTPAdvertise != "chat-1.example:4000" || nc.Addr != "127.0.0.1:6000" || nc.MaxConnsPerIP != 3 ||
+		fmt.Sprint(nc.ClusterJoin) != "[a:7946 b:7946]" || fmt.Sprint(nc.AllowedOrigins) != "[x.example y.example]" ||
+		nc.ShutdownTimeout != 20*time.Second || !nc.Migrate || nc.PersistQueue != 10000 || nc.ClusterAddr != ":7946" {
+		t.Errorf("node config: %+v", nc)
+	}
+	t.Setenv("CHAT_HTTP_ADVERTISE", "")
+	if c, err = parseServe(nil, io.Discard); err != nil || c.nodeConfig().HTTPAdvertise != "" {
+		t.Fatalf("default http-advertise: %v, %+v", err, c)
+	}
+}
