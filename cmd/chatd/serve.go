@@ -95,21 +95,6 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("serve: unexpected arguments %q", fs.Args())
 	}
-	switch {
-	case c.maxConns < 0, c.maxConnsPerIP < 0, c.userRate < 0, c.joinRate < 0:
-		return nil, errors.New("serve: max-conns-per-user, max-conns-per-ip, user-rate and join-rate must not be negative")
-	case c.userBurst < 1, c.joinBurst < 1, c.maxBody < 1, c.maxChannels < 1:
-		return nil, errors.New("serve: user-burst, join-burst, max-body and max-channels must be positive")
-	case c.readLimit < 1024:
-		return nil, errors.New("serve: read-limit must be at least 1024 bytes")
-	case c.shutdownWait <= 0:
-		return nil, errors.New("serve: shutdown-timeout must be positive")
-	case c.maxTokenTTL <= 0:
-		return nil, errors.New("serve: max-token-ttl must be positive")
-	}
-	if c.nodeName == "" {
-		c.nodeName = "chatd"
-	}
 	if clusterKey != "" {
 		key, err := base64.StdEncoding.DecodeString(clusterKey)
 		if err != nil {
@@ -120,6 +105,13 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 		}
 		c.clusterKey = key
 	}
+	// The node checks its configuration; asking it here reports a bad
+	// value before anything starts.
+	nc := c.nodeConfig()
+	if err := nc.Validate(); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	c.nodeName = nc.NodeName // with its default
 	// The public dev secret must not sign tokens for a deployment: with
 	// shared services (PostgreSQL, Redis) dev mode is asked for by name.
 	if c.secret == "" && !c.devMode && (c.redisURL != "" || store.IsPostgresURL(c.dbURL)) {

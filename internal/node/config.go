@@ -2,7 +2,10 @@ package node
 
 import (
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/chatd/chatd/chat"
 )
 
 // Config is everything a node is built from: cmd/chatd maps its flags and
@@ -65,9 +68,22 @@ type Config struct {
 	ClusterKey       []byte
 }
 
-func (c *Config) validate() error {
-	if c.ShutdownTimeout <= 0 {
-		return errors.New("node: ShutdownTimeout must be positive")
+// Validate checks the whole configuration, in one place (New calls it): the limits a
+// node is given are explicit (cmd/chatd's flags have defaults), so a zero
+// burst, body or channel limit is refused here rather than replaced by
+// the default of the package that applies it.
+func (c *Config) Validate() error {
+	switch {
+	case c.MaxConnsPerUser < 0, c.MaxConnsPerIP < 0, c.UserRate < 0, c.JoinRate < 0:
+		return errors.New("node: max-conns-per-user, max-conns-per-ip, user-rate and join-rate must not be negative")
+	case c.UserBurst < 1, c.JoinBurst < 1, c.MaxBody < 1, c.MaxChannels < 1:
+		return errors.New("node: user-burst, join-burst, max-body and max-channels must be positive")
+	case c.ReadLimit < chat.MinReadLimit:
+		return fmt.Errorf("node: read-limit must be at least %d bytes", chat.MinReadLimit)
+	case c.ShutdownTimeout <= 0:
+		return errors.New("node: shutdown-timeout must be positive")
+	case c.MaxTokenTTL <= 0:
+		return errors.New("node: max-token-ttl must be positive")
 	}
 	if c.NodeName == "" {
 		c.NodeName = "chatd"

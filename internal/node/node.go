@@ -78,7 +78,7 @@ type closer struct {
 // It serves nothing and joins no cluster: Run does. On error everything
 // built so far is released.
 func New(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
-	if err := cfg.validate(); err != nil {
+	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if log == nil {
