@@ -49,14 +49,16 @@ type Member struct {
 }
 
 // Membership runs memberlist for this node: it joins the seeds (and keeps
-// trying while the node is alone), advertises NodeMeta, tracks the members
-// and reports nodes that die or leave.
+// joining them: often while the node is alone, now and then otherwise, so
+// that partitions heal), advertises NodeMeta, tracks the members and reports
+// nodes that die or leave.
 type Membership struct {
 	cfg          MembershipConfig
 	log          *slog.Logger
 	mlConf       *memberlist.Config
 	lookup       LookupHostFunc
 	rejoinEvery  time.Duration
+	seedsEvery   time.Duration
 	metaEvery    time.Duration
 	tombstoneTTL time.Duration
 
@@ -65,6 +67,7 @@ type Membership struct {
 	leaving  atomic.Bool
 	startAt  time.Time
 	dropped  atomic.Int64 // join/update events dropped on queue overflow
+	rejoined atomic.Int64 // re-joins, while not alone, that reached a lost seed
 	metaMu   sync.RWMutex
 	metaCur  []byte   // encoded metadata handed to memberlist
 	metaLast NodeMeta // last metadata built (for the leave re-encode)
@@ -93,7 +96,7 @@ type Membership struct {
 // Start binds the gossip port, starts memberlist and joins the seeds. Only
 // binding, oversized metadata or a second Start is an error: failing to reach the seeds is
 // logged and retried every RejoinInterval, in the background, for as long as
-// the node is alone. ctx bounds only how long Start waits for the first join
+// the node is alone (and every SeedRejoinInterval afterwards, see joinLoop). ctx bounds only how long Start waits for the first join
 // attempt; when it ends first, Start returns nil and the attempt goes on.
 // Background work stops in Close, not with ctx.
 func (m *Membership) Start(ctx context.Context) error {
@@ -256,9 +259,15 @@ func (m *Membership) Close(ctx context.Context) error {
 	}
 
 	// Stop the meta loop before leaving: an UpdateNode after Leave would
-	// make this node alive again. The join loop may be blocked dialing a
-	// seed; it only joins while the node is alone, so the leave need not
-	// wait for it.
+	// make this node alive again. The join loop joins seeds also while
+	// the node is not alone, so cancelling loopCtx matters for it too: it
+	// checks loopCtx before each seed and starts no further join. At most
+	// one seed's push/pull (begun before the cancel, bounded by the TCP
+	// timeout) may still be running; the leave need not wait for it, as it
+	// cannot bring this node back: once Leave has begun, memberlist ignores
+	// alive messages about the local node (no refutation), and the state a
+	// push/pull sends from then on lists this node as left
+	// (TestMembershipJoinAfterLeaveKeepsNodeLeft).
 	m.stopLoops()
 	var err error
 	select {
@@ -329,6 +338,7 @@ func (m *Membership) leaveGracefully(ml *memberlist.Memberlist, timeout time.Dur
 // stops the goroutines afterwards.
 func (m *Membership) shutdownWithoutLeave() {
 	m.killed.Store(true)
+	m.stopLoops() // a crashed node joins no seed either
 	if ml := m.ml.Load(); ml != nil {
 		_ = ml.Shutdown()
 	}
