@@ -118,13 +118,14 @@ func startNode(t *testing.T, name, bind string, seeds []string, edit func(*Membe
 	}
 	n := &testNode{name: name}
 	cfg := MembershipConfig{
-		NodeName:       name,
-		BindAddr:       bind,
-		Join:           seeds,
-		RejoinInterval: 100 * time.Millisecond,
-		MetaInterval:   50 * time.Millisecond,
-		Profile:        ProfileLocal,
-		Logger:         testLogger(t, name),
+		NodeName:           name,
+		BindAddr:           bind,
+		Join:               seeds,
+		RejoinInterval:     100 * time.Millisecond,
+		SeedRejoinInterval: 200 * time.Millisecond,
+		MetaInterval:       50 * time.Millisecond,
+		Profile:            ProfileLocal,
+		Logger:             testLogger(t, name),
 		Meta: func() NodeMeta {
 			return NodeMeta{HTTPAddr: n.httpAddr(), Connections: int(n.conns.Load()), Users: 1, Rooms: 2}
 		},
@@ -453,6 +454,7 @@ func TestMembershipConfigErrors(t *testing.T) {
 		{"bad advertise", MembershipConfig{NodeName: "n", AdvertiseAddr: "pod.local:7946"}, "AdvertiseAddr"},
 		{"bad seed", MembershipConfig{NodeName: "n", Join: []string{"10.0.0.1:x"}}, "Join"},
 		{"negative interval", MembershipConfig{NodeName: "n", RejoinInterval: -time.Second}, "negative"},
+		{"negative seed interval", MembershipConfig{NodeName: "n", SeedRejoinInterval: -time.Second}, "negative"},
 		{"short key", MembershipConfig{NodeName: "n", SecretKey: make([]byte, 10)}, "SecretKey is 10 bytes"},
 		{"long label", MembershipConfig{NodeName: "n", Label: strings.Repeat("x", 256)}, "Label"},
 	}
@@ -472,8 +474,8 @@ func TestMembershipConfigErrors(t *testing.T) {
 	if m.mlConf.BindAddr != "0.0.0.0" || m.mlConf.BindPort != 7000 || m.mlConf.AdvertiseAddr != "10.0.0.9" || m.mlConf.AdvertisePort != 7000 {
 		t.Fatalf("memberlist config: bind %s:%d advertise %s:%d", m.mlConf.BindAddr, m.mlConf.BindPort, m.mlConf.AdvertiseAddr, m.mlConf.AdvertisePort)
 	}
-	if m.rejoinEvery != defaultRejoinInterval || m.metaEvery != defaultMetaInterval || m.mlConf.ProbeInterval != time.Second {
-		t.Fatalf("defaults: rejoin %s meta %s probe %s", m.rejoinEvery, m.metaEvery, m.mlConf.ProbeInterval)
+	if m.rejoinEvery != defaultRejoinInterval || m.seedsEvery != 30*time.Second || m.metaEvery != defaultMetaInterval || m.mlConf.ProbeInterval != time.Second {
+		t.Fatalf("defaults: rejoin %s seed rejoin %s meta %s probe %s", m.rejoinEvery, m.seedsEvery, m.metaEvery, m.mlConf.ProbeInterval)
 	}
 	// Close before Start is fine, and idempotent.
 	for range 2 {
@@ -587,5 +589,43 @@ func TestMembershipKeyKeepsStrangersOut(t *testing.T) {
 			t.Fatalf("the keyed nodes saw leaves: %+v", l)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestMembershipJoinAfterLeaveKeepsNodeLeft: a push/pull with a seed that
+// runs after the node has begun leaving (one the join loop started just
+// before Close cancelled it) does not bring the node back: the peer keeps
+// it as left, and the node does not refute its own leave.
+func TestMembershipJoinAfterLeaveKeepsNodeLeft(t *testing.T) {
+	a := startNode(t, "node-a", "", nil, nil)
+	b := startNode(t, "node-b", "", []string{a.m.LocalAddr()}, nil)
+	both := []*testNode{a, b}
+	eventually(t, 10*time.Second, func() string { return allSee(both, both...) })
+
+	ml := b.m.ml.Load()
+	b.m.stopLoops() // as Close does first
+	<-b.m.metaDone
+	b.m.leaveGracefully(ml, 5*time.Second)
+	seesLeft := func() string {
+		if mb, _ := memberNamed(a.m.Members(), b.name); mb.State != MemberLeft || a.m.NumMembers() != 1 {
+			return fmt.Sprintf("%s sees %s as %+v, %d members", a.name, b.name, mb, a.m.NumMembers())
+		}
+		return ""
+	}
+	eventually(t, 5*time.Second, seesLeft)
+
+	// Two push/pulls: were the first to make b refute, the second would
+	// carry b alive with a higher incarnation, which a would believe.
+	for range 2 {
+		if _, err := ml.Join([]string{a.m.LocalAddr()}); err != nil {
+			t.Fatalf("push/pull after the leave: %v", err)
+		}
+	}
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if why := seesLeft(); why != "" {
+			t.Fatalf("after a join that followed the leave: %s", why)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
