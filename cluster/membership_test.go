@@ -606,6 +606,9 @@ func TestMembershipJoinAfterLeaveKeepsNodeLeft(t *testing.T) {
 	b.m.stopLoops() // as Close does first
 	<-b.m.metaDone
 	b.m.leaveGracefully(ml, 5*time.Second)
+	// Left already: Close must only shut memberlist down (a second leave
+	// would wait for a broadcast that memberlist no longer sends).
+	b.m.killed.Store(true)
 	seesLeft := func() string {
 		if mb, _ := memberNamed(a.m.Members(), b.name); mb.State != MemberLeft || a.m.NumMembers() != 1 {
 			return fmt.Sprintf("%s sees %s as %+v, %d members", a.name, b.name, mb, a.m.NumMembers())

@@ -336,6 +336,23 @@ func TestPartitionHeals(t *testing.T) {
 		eventually(t, 30*time.Second, func() string { return allSee(all, all...) })
 		t.Logf("merged back to 4 alive members on every node %s after the network healed (SeedRejoinInterval %s)",
 			time.Since(restored).Round(time.Millisecond), every)
+		// And it settles so: the refutations that follow a merge may make a
+		// node doubt another for a moment, but not split the groups again.
+		const settled = 2 * time.Second
+		var since time.Time
+		eventually(t, 30*time.Second, func() string {
+			if why := allSee(all, all...); why != "" {
+				since = time.Time{}
+				return why
+			}
+			if since.IsZero() {
+				since = time.Now()
+			}
+			if d := time.Since(since); d < settled {
+				return fmt.Sprintf("4 alive members on every node for %s only", d.Round(time.Millisecond))
+			}
+			return ""
+		})
 		if after := rejoins(nodes); after <= before {
 			t.Fatalf("merged without a seed re-join reaching a lost seed (%d before the heal, %d after)", before, after)
 		}
