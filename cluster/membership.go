@@ -265,9 +265,9 @@ func (m *Membership) Close(ctx context.Context) error {
 	// one seed's push/pull (begun before the cancel, bounded by the TCP
 	// timeout) may still be running; the leave need not wait for it, as it
 	// cannot bring this node back: once Leave has begun, memberlist ignores
-	// alive messages about the local node (no refutation), and the state a
-	// push/pull sends from then on lists this node as left
-	// (TestMembershipJoinAfterLeaveKeepsNodeLeft).
+	// alive messages about the local node and refutes no suspicion of it
+	// (it is no longer alive), and the state a push/pull sends from then on
+	// lists it as left, at the incarnation of its leave.
 	m.stopLoops()
 	var err error
 	select {
