@@ -63,6 +63,7 @@ type Membership struct {
 	tombstoneTTL time.Duration
 
 	ml       atomic.Pointer[memberlist.Memberlist]
+	selfAddr string      // the advertised "ip:port"; set in Start before ml
 	killed   atomic.Bool // memberlist shut down without leaving (tests)
 	leaving  atomic.Bool
 	startAt  time.Time
@@ -126,7 +127,10 @@ func (m *Membership) Start(ctx context.Context) error {
 		return fmt.Errorf("cluster: membership: start memberlist on %s:%d: %w", m.mlConf.BindAddr, m.mlConf.BindPort, err)
 	}
 
-	m.log.Info("cluster: membership started", "node", m.cfg.NodeName, "addr", ml.LocalNode().Address(),
+	// Read once: memberlist rewrites the local node's fields in place on
+	// every update, so reading them later through LocalNode races.
+	m.selfAddr = ml.LocalNode().Address()
+	m.log.Info("cluster: membership started", "node", m.cfg.NodeName, "addr", m.selfAddr,
 		"profile", profileName(m.cfg.Profile), "seeds", m.cfg.Join)
 
 	m.mu.Lock()
@@ -177,7 +181,7 @@ func (m *Membership) LocalAddr() string {
 	if ml == nil {
 		return ""
 	}
-	return ml.LocalNode().Address()
+	return m.selfAddr // written before ml was stored
 }
 
 // Members returns every node the local node knows of, itself included,

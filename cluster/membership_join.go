@@ -95,10 +95,16 @@ func (m *Membership) rejoinSeeds(ml *memberlist.Memberlist) {
 	ctx, cancel := context.WithTimeout(m.loopCtx, max(m.rejoinEvery, 5*time.Second))
 	addrs, rerr := resolveSeeds(ctx, m.cfg.Join, m.mlConf.BindPort, m.lookup)
 	cancel()
-	live := make(map[string]bool)
-	for _, n := range ml.Members() { // the local node included
-		live[n.Address()] = true
+	// From the member table, not ml.Members(): memberlist updates the
+	// nodes those point to in place, without a lock the reader could take.
+	live := map[string]bool{m.selfAddr: true}
+	m.mu.Lock()
+	for _, mb := range m.members {
+		if mb.State == MemberAlive {
+			live[mb.Addr] = true
+		}
 	}
+	m.mu.Unlock()
 	addrs = slices.DeleteFunc(addrs, func(a string) bool { return live[a] })
 	if len(addrs) == 0 {
 		attrs := []any{"members", ml.NumMembers()}
@@ -140,8 +146,7 @@ var errAlone = errors.New("no other node reachable through the seeds")
 // address. It succeeds only if the node is no longer alone afterwards.
 func (m *Membership) join(ctx context.Context, ml *memberlist.Memberlist) (int, error) {
 	addrs, rerr := resolveSeeds(ctx, m.cfg.Join, m.mlConf.BindPort, m.lookup)
-	self := ml.LocalNode().Address()
-	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == self })
+	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == m.selfAddr })
 	if len(addrs) == 0 {
 		if rerr != nil {
 			return 0, rerr

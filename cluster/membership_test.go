@@ -113,6 +113,17 @@ func (n *testNode) httpAddr() string {
 // profile. bind "" means an ephemeral port; edit adjusts the config.
 func startNode(t *testing.T, name, bind string, seeds []string, edit func(*MembershipConfig)) *testNode {
 	t.Helper()
+	n, err := tryStartNode(t, name, bind, seeds, edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// tryStartNode is startNode returning Start's error (a port taken since
+// it was picked) instead of failing the test.
+func tryStartNode(t *testing.T, name, bind string, seeds []string, edit func(*MembershipConfig)) (*testNode, error) {
+	t.Helper()
 	if bind == "" {
 		bind = "127.0.0.1:0"
 	}
@@ -146,7 +157,7 @@ func startNode(t *testing.T, name, bind string, seeds []string, edit func(*Membe
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := m.Start(ctx); err != nil {
-		t.Fatalf("Start(%s): %v", name, err)
+		return nil, fmt.Errorf("Start(%s): %w", name, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -155,7 +166,7 @@ func startNode(t *testing.T, name, bind string, seeds []string, edit func(*Membe
 			t.Errorf("Close(%s): %v", name, err)
 		}
 	})
-	return n
+	return n, nil
 }
 
 // eventually polls cond until it returns "" (success) or the deadline

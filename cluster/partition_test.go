@@ -28,8 +28,8 @@ import (
 // only logs.
 type gossipProxy struct {
 	t      *testing.T
-	addr   string // advertised "127.0.0.1:port"
-	target *net.UDPAddr
+	addr   string                      // advertised "127.0.0.1:port"
+	target atomic.Pointer[net.UDPAddr] // the node's bind address
 	udp    *net.UDPConn
 	tcp    *net.TCPListener
 
@@ -45,14 +45,11 @@ type gossipProxy struct {
 }
 
 // startGossipProxy listens on a free loopback port for both UDP and TCP and
-// forwards to 127.0.0.1:targetPort.
+// forwards to 127.0.0.1:targetPort (see setTarget).
 func startGossipProxy(t *testing.T, targetPort int) *gossipProxy {
 	t.Helper()
-	p := &gossipProxy{
-		t:      t,
-		target: &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: targetPort},
-		conns:  make(map[net.Conn]struct{}),
-	}
+	p := &gossipProxy{t: t, conns: make(map[net.Conn]struct{})}
+	p.setTarget(targetPort)
 	p.blocked.Store(&map[int]bool{})
 	for range 50 {
 		tl, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -92,7 +89,7 @@ func (p *gossipProxy) serveUDP() {
 			p.lastDrop.Store(time.Now().UnixNano())
 			continue
 		}
-		if _, err := p.udp.WriteToUDP(buf[:n], p.target); err != nil && !errors.Is(err, net.ErrClosed) {
+		if _, err := p.udp.WriteToUDP(buf[:n], p.target.Load()); err != nil && !errors.Is(err, net.ErrClosed) {
 			p.t.Logf("proxy %s: forward datagram: %v", p.addr, err)
 		}
 	}
@@ -118,7 +115,7 @@ func (p *gossipProxy) serveTCP() {
 // forwardStream copies one stream both ways until either side closes it.
 func (p *gossipProxy) forwardStream(c net.Conn) {
 	defer p.wg.Done()
-	u, err := net.DialTimeout("tcp", p.target.String(), 2*time.Second)
+	u, err := net.DialTimeout("tcp", p.target.Load().String(), 2*time.Second)
 	if err != nil {
 		c.Close()
 		return
@@ -161,6 +158,11 @@ func (p *gossipProxy) untrack(cs ...net.Conn) {
 	for _, c := range cs {
 		delete(p.conns, c)
 	}
+}
+
+// setTarget points the proxy at the node's gossip port.
+func (p *gossipProxy) setTarget(port int) {
+	p.target.Store(&net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
 }
 
 // cut drops the datagrams sent from the given gossip ports and refuses
@@ -222,10 +224,25 @@ func startPartitionCluster(t *testing.T, seedRejoin time.Duration) []*proxiedNod
 	}
 	for i, name := range names {
 		pn := nodes[i]
-		pn.testNode = startNode(t, name, "127.0.0.1:"+strconv.Itoa(pn.bindPort), seeds, func(c *MembershipConfig) {
-			c.AdvertiseAddr = pn.proxy.addr
-			c.SeedRejoinInterval = seedRejoin
-		})
+		// The node binds a port picked in advance (memberlist advertises
+		// the bound port when told to bind port 0); it may have been taken
+		// since, by a connection of the nodes already running: pick again.
+		for attempt := 1; ; attempt++ {
+			n, err := tryStartNode(t, name, "127.0.0.1:"+strconv.Itoa(pn.bindPort), seeds, func(c *MembershipConfig) {
+				c.AdvertiseAddr = pn.proxy.addr
+				c.SeedRejoinInterval = seedRejoin
+			})
+			if err == nil {
+				pn.testNode = n
+				break
+			}
+			if attempt == 5 {
+				t.Fatal(err)
+			}
+			t.Logf("%v; picking another port", err)
+			pn.bindPort = freePort(t)
+			pn.proxy.setTarget(pn.bindPort)
+		}
 		if got := pn.m.LocalAddr(); got != pn.proxy.addr {
 			t.Fatalf("%s advertises %s, want its proxy %s", name, got, pn.proxy.addr)
 		}
