@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +66,7 @@ type Membership struct {
 
 	ml       atomic.Pointer[memberlist.Memberlist]
 	selfAddr string      // the advertised "ip:port"; set in Start before ml
+	selfBind string      // the bound "ip:port" unless bound to all interfaces; likewise
 	killed   atomic.Bool // memberlist shut down without leaving (tests)
 	leaving  atomic.Bool
 	startAt  time.Time
@@ -95,11 +98,13 @@ type Membership struct {
 // NewMembership validates cfg and fills its defaults. It does no I/O; Start
 
 // Start binds the gossip port, starts memberlist and joins the seeds. Only
-// binding, oversized metadata or a second Start is an error: failing to reach the seeds is
-// logged and retried every RejoinInterval, in the background, for as long as
-// the node is alone (and every SeedRejoinInterval afterwards, see joinLoop). ctx bounds only how long Start waits for the first join
-// attempt; when it ends first, Start returns nil and the attempt goes on.
-// Background work stops in Close, not with ctx.
+// binding, oversized metadata or a second Start is an error: failing to
+// reach the seeds is logged and retried every RejoinInterval, in the
+// background, for as long as the node is alone (and the seeds are joined
+// again every SeedRejoinInterval afterwards, see joinLoop). ctx bounds only
+// how long Start waits for the first join attempt; when it ends first, Start
+// returns nil and the attempt goes on. Background work stops in Close, not
+// with ctx.
 func (m *Membership) Start(ctx context.Context) error {
 	m.mu.Lock()
 	switch {
@@ -130,6 +135,10 @@ func (m *Membership) Start(ctx context.Context) error {
 	// Read once: memberlist rewrites the local node's fields in place on
 	// every update, so reading them later through LocalNode races.
 	m.selfAddr = ml.LocalNode().Address()
+	if ip := net.ParseIP(m.mlConf.BindAddr); ip != nil && !ip.IsUnspecified() {
+		// memberlist has set BindPort to the bound one.
+		m.selfBind = net.JoinHostPort(ip.String(), strconv.Itoa(m.mlConf.BindPort))
+	}
 	m.log.Info("cluster: membership started", "node", m.cfg.NodeName, "addr", m.selfAddr,
 		"profile", profileName(m.cfg.Profile), "seeds", m.cfg.Join)
 

@@ -83,8 +83,8 @@ func (m *Membership) joinLoop(ml *memberlist.Memberlist, first chan<- struct{}) 
 // dead (the other side of a partition, or a node that really died), or one
 // it never met (a new pod behind the seeds' name). A seed that is a live
 // member is left out: the node already gossips with it, and its periodic
-// push/pull already exchanges the member lists. So is this node's own
-// address. In a healthy cluster nothing is sent at all.
+// push/pull already exchanges the member lists. So are this node's own
+// addresses (advertised and bound). In a healthy cluster nothing is sent at all.
 //
 // Joining a lost seed that answers is a push/pull of the member lists with
 // it: each side learns that the other declared it dead and refutes that,
@@ -97,7 +97,7 @@ func (m *Membership) rejoinSeeds(ml *memberlist.Memberlist) {
 	cancel()
 	// From the member table, not ml.Members(): memberlist updates the
 	// nodes those point to in place, without a lock the reader could take.
-	live := map[string]bool{m.selfAddr: true}
+	live := make(map[string]bool)
 	m.mu.Lock()
 	for _, mb := range m.members {
 		if mb.State == MemberAlive {
@@ -105,7 +105,7 @@ func (m *Membership) rejoinSeeds(ml *memberlist.Memberlist) {
 		}
 	}
 	m.mu.Unlock()
-	addrs = slices.DeleteFunc(addrs, func(a string) bool { return live[a] })
+	addrs = slices.DeleteFunc(addrs, func(a string) bool { return live[a] || m.isSelf(a) })
 	if len(addrs) == 0 {
 		attrs := []any{"members", ml.NumMembers()}
 		if rerr != nil {
@@ -142,11 +142,16 @@ func (m *Membership) rejoinSeeds(ml *memberlist.Memberlist) {
 
 var errAlone = errors.New("no other node reachable through the seeds")
 
+// isSelf reports whether a seed address is this node's, advertised or bound.
+func (m *Membership) isSelf(addr string) bool {
+	return addr == m.selfAddr || (m.selfBind != "" && addr == m.selfBind)
+}
+
 // join resolves the seeds and joins them, leaving out this node's own
 // address. It succeeds only if the node is no longer alone afterwards.
 func (m *Membership) join(ctx context.Context, ml *memberlist.Memberlist) (int, error) {
 	addrs, rerr := resolveSeeds(ctx, m.cfg.Join, m.mlConf.BindPort, m.lookup)
-	addrs = slices.DeleteFunc(addrs, func(a string) bool { return a == m.selfAddr })
+	addrs = slices.DeleteFunc(addrs, m.isSelf)
 	if len(addrs) == 0 {
 		if rerr != nil {
 			return 0, rerr

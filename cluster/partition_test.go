@@ -373,6 +373,16 @@ func TestPartitionHeals(t *testing.T) {
 		if after := rejoins(nodes); after <= before {
 			t.Fatalf("merged without a seed re-join reaching a lost seed (%d before the heal, %d after)", before, after)
 		}
+		// Healed, every seed is a live member again: the re-joins send
+		// nothing more.
+		settledRejoins := rejoins(nodes)
+		quietUntil := time.Now().Add(4 * every)
+		for time.Now().Before(quietUntil) {
+			if n := rejoins(nodes); n != settledRejoins {
+				t.Fatalf("seed re-joins went on in the healed cluster: %d, then %d", settledRejoins, n)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 		for _, o := range nodes {
 			for _, x := range nodes {
 				if mb, _ := memberNamed(o.m.Members(), x.name); mb.Addr != x.proxy.addr {
