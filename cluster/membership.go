@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -49,22 +51,27 @@ type Member struct {
 }
 
 // Membership runs memberlist for this node: it joins the seeds (and keeps
-// trying while the node is alone), advertises NodeMeta, tracks the members
-// and reports nodes that die or leave.
+// joining them: often while the node is alone, now and then otherwise, so
+// that partitions heal), advertises NodeMeta, tracks the members and reports
+// nodes that die or leave.
 type Membership struct {
 	cfg          MembershipConfig
 	log          *slog.Logger
 	mlConf       *memberlist.Config
 	lookup       LookupHostFunc
 	rejoinEvery  time.Duration
+	seedsEvery   time.Duration
 	metaEvery    time.Duration
 	tombstoneTTL time.Duration
 
 	ml       atomic.Pointer[memberlist.Memberlist]
+	selfAddr string      // the advertised "ip:port"; set in Start before ml
+	selfBind string      // the bound "ip:port" unless bound to all interfaces; likewise
 	killed   atomic.Bool // memberlist shut down without leaving (tests)
 	leaving  atomic.Bool
 	startAt  time.Time
 	dropped  atomic.Int64 // join/update events dropped on queue overflow
+	rejoined atomic.Int64 // re-joins, while not alone, that reached a lost seed
 	metaMu   sync.RWMutex
 	metaCur  []byte   // encoded metadata handed to memberlist
 	metaLast NodeMeta // last metadata built (for the leave re-encode)
@@ -91,11 +98,13 @@ type Membership struct {
 // NewMembership validates cfg and fills its defaults. It does no I/O; Start
 
 // Start binds the gossip port, starts memberlist and joins the seeds. Only
-// binding, oversized metadata or a second Start is an error: failing to reach the seeds is
-// logged and retried every RejoinInterval, in the background, for as long as
-// the node is alone. ctx bounds only how long Start waits for the first join
-// attempt; when it ends first, Start returns nil and the attempt goes on.
-// Background work stops in Close, not with ctx.
+// binding, oversized metadata or a second Start is an error: failing to
+// reach the seeds is logged and retried every RejoinInterval, in the
+// background, for as long as the node is alone (and the seeds are joined
+// again every SeedRejoinInterval afterwards, see joinLoop). ctx bounds only
+// how long Start waits for the first join attempt; when it ends first, Start
+// returns nil and the attempt goes on. Background work stops in Close, not
+// with ctx.
 func (m *Membership) Start(ctx context.Context) error {
 	m.mu.Lock()
 	switch {
@@ -123,7 +132,14 @@ func (m *Membership) Start(ctx context.Context) error {
 		return fmt.Errorf("cluster: membership: start memberlist on %s:%d: %w", m.mlConf.BindAddr, m.mlConf.BindPort, err)
 	}
 
-	m.log.Info("cluster: membership started", "node", m.cfg.NodeName, "addr", ml.LocalNode().Address(),
+	// Read once: memberlist rewrites the local node's fields in place on
+	// every update, so reading them later through LocalNode races.
+	m.selfAddr = ml.LocalNode().Address()
+	if ip := net.ParseIP(m.mlConf.BindAddr); ip != nil && !ip.IsUnspecified() {
+		// memberlist has set BindPort to the bound one.
+		m.selfBind = net.JoinHostPort(ip.String(), strconv.Itoa(m.mlConf.BindPort))
+	}
+	m.log.Info("cluster: membership started", "node", m.cfg.NodeName, "addr", m.selfAddr,
 		"profile", profileName(m.cfg.Profile), "seeds", m.cfg.Join)
 
 	m.mu.Lock()
@@ -174,7 +190,7 @@ func (m *Membership) LocalAddr() string {
 	if ml == nil {
 		return ""
 	}
-	return ml.LocalNode().Address()
+	return m.selfAddr // written before ml was stored
 }
 
 // Members returns every node the local node knows of, itself included,
@@ -256,9 +272,15 @@ func (m *Membership) Close(ctx context.Context) error {
 	}
 
 	// Stop the meta loop before leaving: an UpdateNode after Leave would
-	// make this node alive again. The join loop may be blocked dialing a
-	// seed; it only joins while the node is alone, so the leave need not
-	// wait for it.
+	// make this node alive again. The join loop joins seeds also while
+	// the node is not alone, so cancelling loopCtx matters for it too: it
+	// checks loopCtx before each seed and starts no further join. At most
+	// one seed's push/pull (begun before the cancel, bounded by the TCP
+	// timeout) may still be running; the leave need not wait for it, as it
+	// cannot bring this node back: once Leave has begun, memberlist ignores
+	// alive messages about the local node and refutes no suspicion of it
+	// (it is no longer alive), and the state a push/pull sends from then on
+	// lists it as left, at the incarnation of its leave.
 	m.stopLoops()
 	var err error
 	select {
@@ -329,6 +351,7 @@ func (m *Membership) leaveGracefully(ml *memberlist.Memberlist, timeout time.Dur
 // stops the goroutines afterwards.
 func (m *Membership) shutdownWithoutLeave() {
 	m.killed.Store(true)
+	m.stopLoops() // a crashed node joins no seed either
 	if ml := m.ml.Load(); ml != nil {
 		_ = ml.Shutdown()
 	}

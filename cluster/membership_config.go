@@ -35,8 +35,9 @@ const (
 	// DefaultGossipLabel is the label of chatd's gossip (MembershipConfig.Label).
 	DefaultGossipLabel = "chatd"
 
-	defaultRejoinInterval = 5 * time.Second
-	defaultMetaInterval   = 2 * time.Second
+	defaultRejoinInterval     = 5 * time.Second
+	defaultSeedRejoinInterval = 30 * time.Second
+	defaultMetaInterval       = 2 * time.Second
 	// defaultLeaveTimeout bounds the graceful leave in Close when its context
 	// has no deadline.
 	defaultLeaveTimeout = 5 * time.Second
@@ -71,6 +72,17 @@ type MembershipConfig struct {
 	// RejoinInterval is how often a node that is alone (no other live
 	// member) re-resolves the seeds and tries to join them. Zero: 5 s.
 	RejoinInterval time.Duration
+	// SeedRejoinInterval is how often a node that is not alone re-resolves
+	// the seeds and joins those that are not live members (declared dead,
+	// or never met), leaving out its own address. This is what merges the
+	// two sides of a network partition once it heals: each side declared
+	// the other dead, and memberlist alone never contacts a dead node
+	// again. It costs little: in a healthy cluster every seed is a live
+	// member and nothing is sent; otherwise one TCP push/pull of the member
+	// list per lost seed (a seed that is really gone costs a connect
+	// attempt, up to the profile's TCP timeout). It is checked every
+	// RejoinInterval, so it is rounded up to a multiple of that. Zero: 30 s.
+	SeedRejoinInterval time.Duration
 	// Meta builds this node's metadata; it is called from a goroutine of the
 	// Membership, at Start and every MetaInterval. A zero StartedAt is
 	// replaced with the time Start was called. Nil: the node advertises only
@@ -110,7 +122,7 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("cluster: membership: NodeName is required")
 	}
-	if cfg.RejoinInterval < 0 || cfg.MetaInterval < 0 || cfg.ProbeInterval < 0 || cfg.SuspicionMult < 0 {
+	if cfg.RejoinInterval < 0 || cfg.SeedRejoinInterval < 0 || cfg.MetaInterval < 0 || cfg.ProbeInterval < 0 || cfg.SuspicionMult < 0 {
 		return nil, errors.New("cluster: membership: intervals and SuspicionMult must not be negative")
 	}
 	var mc *memberlist.Config
@@ -190,6 +202,7 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 		mlConf:       mc,
 		lookup:       cfg.LookupHost,
 		rejoinEvery:  cfg.RejoinInterval,
+		seedsEvery:   cfg.SeedRejoinInterval,
 		metaEvery:    cfg.MetaInterval,
 		tombstoneTTL: mc.GossipToTheDeadTime,
 		events:       make(chan memberEvent, eventQueueSize),
@@ -208,6 +221,9 @@ func NewMembership(cfg MembershipConfig) (*Membership, error) {
 	}
 	if m.rejoinEvery == 0 {
 		m.rejoinEvery = defaultRejoinInterval
+	}
+	if m.seedsEvery == 0 {
+		m.seedsEvery = defaultSeedRejoinInterval
 	}
 	if m.metaEvery == 0 {
 		m.metaEvery = defaultMetaInterval

@@ -113,18 +113,30 @@ func (n *testNode) httpAddr() string {
 // profile. bind "" means an ephemeral port; edit adjusts the config.
 func startNode(t *testing.T, name, bind string, seeds []string, edit func(*MembershipConfig)) *testNode {
 	t.Helper()
+	n, err := tryStartNode(t, name, bind, seeds, edit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// tryStartNode is startNode returning Start's error (a port taken since
+// it was picked) instead of failing the test.
+func tryStartNode(t *testing.T, name, bind string, seeds []string, edit func(*MembershipConfig)) (*testNode, error) {
+	t.Helper()
 	if bind == "" {
 		bind = "127.0.0.1:0"
 	}
 	n := &testNode{name: name}
 	cfg := MembershipConfig{
-		NodeName:       name,
-		BindAddr:       bind,
-		Join:           seeds,
-		RejoinInterval: 100 * time.Millisecond,
-		MetaInterval:   50 * time.Millisecond,
-		Profile:        ProfileLocal,
-		Logger:         testLogger(t, name),
+		NodeName:           name,
+		BindAddr:           bind,
+		Join:               seeds,
+		RejoinInterval:     100 * time.Millisecond,
+		SeedRejoinInterval: 200 * time.Millisecond,
+		MetaInterval:       50 * time.Millisecond,
+		Profile:            ProfileLocal,
+		Logger:             testLogger(t, name),
 		Meta: func() NodeMeta {
 			return NodeMeta{HTTPAddr: n.httpAddr(), Connections: int(n.conns.Load()), Users: 1, Rooms: 2}
 		},
@@ -145,7 +157,7 @@ func startNode(t *testing.T, name, bind string, seeds []string, edit func(*Membe
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := m.Start(ctx); err != nil {
-		t.Fatalf("Start(%s): %v", name, err)
+		return nil, fmt.Errorf("Start(%s): %w", name, err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -154,7 +166,7 @@ func startNode(t *testing.T, name, bind string, seeds []string, edit func(*Membe
 			t.Errorf("Close(%s): %v", name, err)
 		}
 	})
-	return n
+	return n, nil
 }
 
 // eventually polls cond until it returns "" (success) or the deadline
@@ -453,6 +465,7 @@ func TestMembershipConfigErrors(t *testing.T) {
 		{"bad advertise", MembershipConfig{NodeName: "n", AdvertiseAddr: "pod.local:7946"}, "AdvertiseAddr"},
 		{"bad seed", MembershipConfig{NodeName: "n", Join: []string{"10.0.0.1:x"}}, "Join"},
 		{"negative interval", MembershipConfig{NodeName: "n", RejoinInterval: -time.Second}, "negative"},
+		{"negative seed interval", MembershipConfig{NodeName: "n", SeedRejoinInterval: -time.Second}, "negative"},
 		{"short key", MembershipConfig{NodeName: "n", SecretKey: make([]byte, 10)}, "SecretKey is 10 bytes"},
 		{"long label", MembershipConfig{NodeName: "n", Label: strings.Repeat("x", 256)}, "Label"},
 	}
@@ -472,8 +485,8 @@ func TestMembershipConfigErrors(t *testing.T) {
 	if m.mlConf.BindAddr != "0.0.0.0" || m.mlConf.BindPort != 7000 || m.mlConf.AdvertiseAddr != "10.0.0.9" || m.mlConf.AdvertisePort != 7000 {
 		t.Fatalf("memberlist config: bind %s:%d advertise %s:%d", m.mlConf.BindAddr, m.mlConf.BindPort, m.mlConf.AdvertiseAddr, m.mlConf.AdvertisePort)
 	}
-	if m.rejoinEvery != defaultRejoinInterval || m.metaEvery != defaultMetaInterval || m.mlConf.ProbeInterval != time.Second {
-		t.Fatalf("defaults: rejoin %s meta %s probe %s", m.rejoinEvery, m.metaEvery, m.mlConf.ProbeInterval)
+	if m.rejoinEvery != defaultRejoinInterval || m.seedsEvery != 30*time.Second || m.metaEvery != defaultMetaInterval || m.mlConf.ProbeInterval != time.Second {
+		t.Fatalf("defaults: rejoin %s seed rejoin %s meta %s probe %s", m.rejoinEvery, m.seedsEvery, m.metaEvery, m.mlConf.ProbeInterval)
 	}
 	// Close before Start is fine, and idempotent.
 	for range 2 {
