@@ -198,7 +198,7 @@ func serveConn(t *testing.T, h *Hub, user string, c *fakeConn) (*fakeConn, <-cha
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		h.ServeConn(context.Background(), c, ConnInfo{ID: user, UserID: user, Grants: Grants{Public: Patterns{"*"}}})
+		h.ServeConn(context.Background(), c, &ConnInfo{ID: user, UserID: user, Grants: Grants{Public: Patterns{"*"}}})
 	}()
 	t.Cleanup(func() {
 		c.CloseNow()

@@ -68,27 +68,41 @@ func newSession(h *Hub, conn Conn, info ConnInfo) *Session {
 }
 
 // run serves the session until it ends; it returns the error that ended it
-// (nil for a normal close by the client).
+// (nil for a normal close by the client). Its frame stays on the parked
+// reader's stack (see Hub.ServeConn): setting up and tearing down are
+// helpers of their own.
 func (s *Session) run(ctx context.Context) error {
-	s.us = s.hub.acquireUser(s.user)
-	defer s.hub.releaseUser(s.user)
+	stop, idle := s.start(ctx)
+	err := s.readLoop(ctx, idle)
+	s.finish(stop, idle)
+	return err
+}
 
+// start begins the session: the user's entry, the cancellation of ctx and
+// the idle timer.
+//
+//go:noinline
+func (s *Session) start(ctx context.Context) (stop func() bool, idle *time.Timer) {
+	s.us = s.hub.acquireUser(s.user)
 	s.qmu.Lock()
 	s.started = true
 	s.qmu.Unlock()
 	// The reader blocks on the socket, not on ctx: ending ctx drops the
 	// connection.
-	stop := context.AfterFunc(ctx, func() { s.conn.CloseNow() })
-	defer stop()
-
-	idle := time.AfterFunc(s.hub.cfg.IdleTimeout, func() {
+	stop = context.AfterFunc(ctx, func() { s.conn.CloseNow() })
+	idle = time.AfterFunc(s.hub.cfg.IdleTimeout, func() {
 		s.logger().Info("closing idle connection")
 		s.closeGracefully(StatusPolicyViolation, "idle timeout")
 	})
-	defer idle.Stop()
+	return stop, idle
+}
 
-	err := s.readLoop(ctx, idle)
-
+// finish ends the session once its reader has returned.
+//
+//go:noinline
+func (s *Session) finish(stop func() bool, idle *time.Timer) {
+	idle.Stop()
+	stop()
 	for topic, ch := range s.channels {
 		s.leaveChannel(ch)
 		delete(s.channels, topic)
@@ -99,61 +113,79 @@ func (s *Session) run(ctx context.Context) error {
 	// write deadline, and ends.
 	s.writers.Wait()
 	s.conn.CloseNow()
-	return err
+	s.hub.releaseUser(s.user)
 }
 
+// readLoop reads the connection's messages and hands each to received
+// until the connection ends. It is the parked reader's innermost chat
+// frame: handling happens in calls that have returned while it waits.
 func (s *Session) readLoop(ctx context.Context, idle *time.Timer) error {
 	for {
 		typ, data, err := s.conn.Read()
 		if err != nil {
-			if ce := (*CloseError)(nil); errors.As(err, &ce) {
-				if !ce.Remote {
-					// The client broke the protocol; the connection has
-					// sent it a close frame and let it read that frame.
-					s.logger().Debug("protocol violation", "err", err)
-					return err
-				}
-				switch ce.Code {
-				case StatusNormalClosure, StatusGoingAway, StatusNoStatusRcvd:
-					return nil
-				}
-			}
-			if s.closing() {
-				return nil // closed by the server: idle, slow or shutdown
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
-			s.logger().Debug("read ended", "err", err)
+			return s.readEnded(ctx, err)
+		}
+		s.received(ctx, idle, typ, data)
+	}
+}
+
+// readEnded says what ended the reads: nil for a close by the client or
+// the server, else err.
+//
+//go:noinline
+func (s *Session) readEnded(ctx context.Context, err error) error {
+	if ce := (*CloseError)(nil); errors.As(err, &ce) {
+		if !ce.Remote {
+			// The client broke the protocol; the connection has sent it a
+			// close frame and let it read that frame.
+			s.logger().Debug("protocol violation", "err", err)
 			return err
 		}
-		if s.closing() {
-			// The server has sent its close, or is about to: a frame read
-			// now is not handled, since its reply could not be sent (the
-			// client would resend what was accepted). Reading goes on
-			// until the close handshake ends.
-			continue
+		switch ce.Code {
+		case StatusNormalClosure, StatusGoingAway, StatusNoStatusRcvd:
+			return nil
 		}
-		idle.Reset(s.hub.cfg.IdleTimeout)
-		if typ == MessageBinary {
-			f, ok := binaryPushHeader(data)
-			if !ok {
-				f = Frame{Topic: TopicPhoenix}
-			}
-			s.enqueue(EncodeError(f, ErrBinaryUnsupported))
-			continue
+	}
+	if s.closing() {
+		return nil // closed by the server: idle, slow or shutdown
+	}
+	if ctx.Err() != nil {
+		return nil
+	}
+	s.logger().Debug("read ended", "err", err)
+	return err
+}
+
+// received handles one message read from the connection.
+//
+//go:noinline
+func (s *Session) received(ctx context.Context, idle *time.Timer, typ MessageType, data []byte) {
+	if s.closing() {
+		// The server has sent its close, or is about to: a frame read now
+		// is not handled, since its reply could not be sent (the client
+		// would resend what was accepted). Reading goes on until the
+		// close handshake ends.
+		return
+	}
+	idle.Reset(s.hub.cfg.IdleTimeout)
+	if typ == MessageBinary {
+		f, ok := binaryPushHeader(data)
+		if !ok {
+			f = Frame{Topic: TopicPhoenix}
 		}
-		f, err := DecodeFrame(data)
-		if err != nil {
-			s.logger().Debug("invalid frame", "err", err)
-			s.enqueue(EncodeError(Frame{Topic: TopicPhoenix}, ErrInvalidFrame))
-			continue
-		}
-		if f.Event == EventJoin || f.Event == EventNewMsg || f.Event == EventDeleteMsg {
-			s.handleApart(ctx, f)
-		} else {
-			s.handle(ctx, f)
-		}
+		s.enqueue(EncodeError(f, ErrBinaryUnsupported))
+		return
+	}
+	f, err := DecodeFrame(data)
+	if err != nil {
+		s.logger().Debug("invalid frame", "err", err)
+		s.enqueue(EncodeError(Frame{Topic: TopicPhoenix}, ErrInvalidFrame))
+		return
+	}
+	if f.Event == EventJoin || f.Event == EventNewMsg || f.Event == EventDeleteMsg {
+		s.handleApart(ctx, f)
+	} else {
+		s.handle(ctx, f)
 	}
 }
 

@@ -572,12 +572,23 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 	// The connection is served by a goroutine of its own, and this handler
 	// returns: the HTTP server's goroutine, whose stack grew while it read
 	// and routed the request, does not stay parked under every idle socket.
-	go func() {
-		defer s.conns.Done()
-		defer release()
-		err := s.hub.ServeConn(s.baseCtx, conn, chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt, Grants: grants})
-		log().Info("disconnected", "user_id", user, "err", err)
-	}()
+	info := &chat.ConnInfo{ID: connID, UserID: user, AuthorizedAt: authorizedAt, Grants: grants}
+	go s.serveConn(conn, info, release, log)
+}
+
+// serveConn serves one accepted connection. Its goroutine stays parked
+// under the idle connection (see chat.Hub.ServeConn): its frame is kept
+// small, the log line is a call of its own.
+func (s *Server) serveConn(conn chat.Conn, info *chat.ConnInfo, release func(), log func() *slog.Logger) {
+	err := s.hub.ServeConn(s.baseCtx, conn, info)
+	release()
+	s.conns.Done()
+	logDisconnected(log, info.UserID, err)
+}
+
+//go:noinline
+func logDisconnected(log func() *slog.Logger, user string, err error) {
+	log().Info("disconnected", "user_id", user, "err", err)
 }
 
 // takeSlot takes key's slot slotID from l (nil: no limit) for a handshake.
