@@ -101,8 +101,6 @@ func (s *Session) start(ctx context.Context) (stop func() bool, idle *time.Timer
 //
 //go:noinline
 func (s *Session) finish(stop func() bool, idle *time.Timer) {
-	idle.Stop()
-	stop()
 	for topic, ch := range s.channels {
 		s.leaveChannel(ch)
 		delete(s.channels, topic)
@@ -113,6 +111,8 @@ func (s *Session) finish(stop func() bool, idle *time.Timer) {
 	// write deadline, and ends.
 	s.writers.Wait()
 	s.conn.CloseNow()
+	idle.Stop()
+	stop()
 	s.hub.releaseUser(s.user)
 }
 
