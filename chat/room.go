@@ -76,7 +76,7 @@ func (h *Hub) shard(name string) *roomShard {
 
 // RoomLastID returns the greatest message id the relay delivered in room
 // name since the room last had members here, empty when it has none (see
-// cluster.RedisBrokerConfig.LastID).
+// RelayEvents.RoomLastID).
 func (h *Hub) RoomLastID(name string) string {
 	sh := h.shard(name)
 	sh.mu.Lock()

@@ -409,7 +409,8 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			return &chat.OutOfOrderError{Last: last}
 		case 3:
 			if startLog != "" {
-				break
+				b.publishErrors.Add(1)
+				return fmt.Errorf("cluster: redis publish to room %s: log refused its start", room)
 			}
 			// The room's log is empty: new, expired, or lost with
 			// Redis's data. Lost, it no longer orders id after the
@@ -440,8 +441,17 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 // catchUp waits until the pub/sub connection has delivered to the handler
 // every publication Redis made before the call: a barrier round started
 // after it is acknowledged.
+//
+// A broker not running yet delivers nothing, so there is nothing to catch
+// up on. A round acknowledged on a pub/sub connection just restored
+// proves nothing about what was published while it was down: the hub's
+// Resync covers that.
 func (b *RedisBroker) catchUp(ctx context.Context) error {
 	b.mu.Lock()
+	if !b.running {
+		b.mu.Unlock()
+		return nil
+	}
 	need := b.round + 1
 	b.mu.Unlock()
 	b.signal()

@@ -582,8 +582,8 @@ func (s *Server) handleSocket(w http.ResponseWriter, r *http.Request) {
 func (s *Server) serveConn(conn chat.Conn, info *chat.ConnInfo, release func(), log func() *slog.Logger) {
 	err := s.hub.ServeConn(s.baseCtx, conn, info)
 	release()
-	s.conns.Done()
 	logDisconnected(log, info.UserID, err)
+	s.conns.Done()
 }
 
 //go:noinline

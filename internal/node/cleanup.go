@@ -76,6 +76,9 @@ type tasks struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool // no task starts once close has begun
 }
 
 func newTasks() *tasks {
@@ -84,13 +87,23 @@ func newTasks() *tasks {
 	return t
 }
 
-// goTask runs fn on its own goroutine with a context that close cancels.
+// goTask runs fn on its own goroutine with a context that close cancels;
+// after close has begun (a membership event delivered late), it does
+// nothing.
 func (t *tasks) goTask(fn func(ctx context.Context)) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
 	t.wg.Go(func() { fn(t.ctx) })
 }
 
 // close cancels the tasks and waits for them, or for ctx.
 func (t *tasks) close(ctx context.Context) error {
+	t.mu.Lock()
+	t.closed = true
+	t.mu.Unlock()
 	t.cancel()
 	done := make(chan struct{})
 	go func() {
