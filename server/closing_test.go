@@ -53,23 +53,8 @@ func (s *testServer) dialRaw(tb testing.TB, user string) *rawClient {
 
 // write sends one masked, final frame of opcode op.
 func (c *rawClient) write(op byte, payload []byte) error {
-	b := []byte{0x80 | op}
-	switch n := len(payload); {
-	case n < 126:
-		b = append(b, 0x80|byte(n))
-	case n < 1<<16:
-		b = append(b, 0x80|126, byte(n>>8), byte(n))
-	default:
-		c.tb.Fatalf("frame of %d bytes", n)
-	}
-	var mask [4]byte
-	rand.Read(mask[:])
-	b = append(b, mask[:]...)
-	for i, x := range payload {
-		b = append(b, x^mask[i%4])
-	}
 	c.nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, err := c.nc.Write(b)
+	_, err := c.nc.Write(wsFrame(0x80|op, true, payload))
 	return err
 }
 
