@@ -38,7 +38,7 @@ type RedisBrokerConfig struct {
 	//     makes every publication exactly-once, at the price of an error
 	//     instead of a retry on a stale connection.
 	// Nil: a client is made from URL.
-	Client *redis.Client
+	Client redis.UniversalClient
 	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
 	// Client is nil. The broker owns that client, closes it in Close, and
 	// sets ContextTimeoutEnabled and MaxRetries -1 on it.
@@ -161,7 +161,7 @@ var errNotRunning = errors.New("cluster: redis broker not running (call Run)")
 type RedisBroker struct {
 	cfg        RedisBrokerConfig
 	log        *slog.Logger
-	client     *redis.Client
+	client     redis.UniversalClient
 	ownsClient bool
 	handler    chat.BrokerHandler // set by Run
 	events     chat.RelayEvents   // set by Run; may be nil
@@ -1061,7 +1061,11 @@ func (b *RedisBroker) silent(quiet time.Duration) error {
 	if quiet >= b.cfg.StallTimeout {
 		return fmt.Errorf("cluster: redis broker: pub/sub connection silent for %s (StallTimeout)", quiet.Round(time.Millisecond))
 	}
-	opt := b.client.Options()
+	c, _ := b.client.(*redis.Client)
+	if c == nil {
+		return nil
+	}
+	opt := c.Options()
 	d := net.Dialer{Timeout: b.cfg.OpTimeout}
 	nc, err := d.DialContext(context.Background(), opt.Network, opt.Addr)
 	if err != nil {

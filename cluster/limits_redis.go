@@ -26,7 +26,7 @@ type RedisConnLimiterConfig struct {
 	// ReadTimeout whatever ctx says. Every script of the limiter is
 	// idempotent, so go-redis's retries are harmless here.
 	// Nil: a client is made from URL.
-	Client *redis.Client
+	Client redis.UniversalClient
 	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
 	// Client is nil. The limiter owns that client, closes it in Close, and
 	// sets ContextTimeoutEnabled and MaxRetries -1 on it.
@@ -594,7 +594,7 @@ func (l *RedisConnLimiter) runBatches(ctx context.Context, script *redis.Script,
 // keys, in one pipeline. When Redis does not have the script cached (after
 // a restart), it runs the pipeline again with EVAL: each script of this
 // package is idempotent, and a NOSCRIPT call did not run anyway.
-func evalPipelined(ctx context.Context, c *redis.Client, script *redis.Script, keys []string, calls [][]any) ([]*redis.Cmd, error) {
+func evalPipelined(ctx context.Context, c redis.UniversalClient, script *redis.Script, keys []string, calls [][]any) ([]*redis.Cmd, error) {
 	run := func(sha bool) ([]*redis.Cmd, error) {
 		cmds := make([]*redis.Cmd, len(calls))
 		_, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {

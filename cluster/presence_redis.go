@@ -26,7 +26,7 @@ type RedisPresenceConfig struct {
 	// go-redis's retries on, a Remove or RemoveNode whose reply was lost
 	// and that was sent again reports nothing removed the second time.
 	// Nil: a client is made from URL.
-	Client *redis.Client
+	Client redis.UniversalClient
 	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
 	// Client is nil. The presence owns that client, closes it in Close, and
 	// sets ContextTimeoutEnabled and MaxRetries -1 on it.

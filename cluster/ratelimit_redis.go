@@ -21,7 +21,7 @@ type RedisRateLimiterConfig struct {
 	// Set its ContextTimeoutEnabled, and MaxRetries -1: taking a token is
 	// not idempotent, so a retry after a lost answer takes two.
 	// Nil: a client is made from URL.
-	Client *redis.Client
+	Client redis.UniversalClient
 	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
 	// Client is nil. The limiter owns that client and closes it in Close.
 	URL string
@@ -37,7 +37,7 @@ type RedisRateLimiterConfig struct {
 // buckets in one Redis Cluster slot, and which expires once the bucket is
 // full again.
 type RedisRateLimiter struct {
-	client     *redis.Client
+	client     redis.UniversalClient
 	ownsClient bool
 	limiter    *redis_rate.Limiter
 	closeOnce  sync.Once

@@ -13,9 +13,9 @@ import (
 // redisClientFrom returns client, or else a new client for url that the
 // caller owns (with context deadlines honoured and no retries). what names
 // the component in errors and logs.
-func redisClientFrom(client *redis.Client, url string, log *slog.Logger, what string) (*redis.Client, bool, error) {
+func redisClientFrom(client redis.UniversalClient, url string, log *slog.Logger, what string) (redis.UniversalClient, bool, error) {
 	if client != nil {
-		if !client.Options().ContextTimeoutEnabled {
+		if !contextTimeoutEnabled(client) {
 			log.Warn(what + ": the Redis client ignores context deadlines (ContextTimeoutEnabled is off): calls may outlast their timeouts while Redis hangs")
 		}
 		return client, false, nil
@@ -29,12 +29,24 @@ func redisClientFrom(client *redis.Client, url string, log *slog.Logger, what st
 	return redis.NewClient(opt), true, nil
 }
 
+// contextTimeoutEnabled reports whether c honours context deadlines on
+// its sockets (ContextTimeoutEnabled), for the clients go-redis makes.
+func contextTimeoutEnabled(c redis.UniversalClient) bool {
+	switch c := c.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
 // redisLoops is the lifecycle RedisConnLimiter and RedisPresence share: a
 // Redis client, shared or owned, background goroutines, and an idempotent
 // Close that stops them.
 type redisLoops struct {
 	what       string // the component, in errors
-	client     *redis.Client
+	client     redis.UniversalClient
 	ownsClient bool
 
 	done      chan struct{}   // closed by Close: loops return
@@ -46,7 +58,7 @@ type redisLoops struct {
 }
 
 // init sets up the client (see redisClientFrom) and the stop signals.
-func (r *redisLoops) init(client *redis.Client, url string, log *slog.Logger, what string) error {
+func (r *redisLoops) init(client redis.UniversalClient, url string, log *slog.Logger, what string) error {
 	c, owns, err := redisClientFrom(client, url, log, what)
 	if err != nil {
 		return err

@@ -22,7 +22,7 @@ type RedisRevocationsConfig struct {
 	// Client is the Redis client to use; the store does not close it. Set
 	// its ContextTimeoutEnabled (Revoke is idempotent, so retries are
 	// harmless). Nil: a client is made from URL.
-	Client *redis.Client
+	Client redis.UniversalClient
 	// URL is a redis:// or rediss:// URL (see redis.ParseURL), used when
 	// Client is nil. The store owns that client and closes it in Close.
 	URL string
@@ -40,7 +40,7 @@ type RedisRevocationsConfig struct {
 // the latest Revoke. Revoke is one Lua script (cluster/lua/revoke.lua),
 // RevokedAt one GET.
 type RedisRevocations struct {
-	client     *redis.Client
+	client     redis.UniversalClient
 	ownsClient bool
 	ttlMillis  int64
 	closeOnce  sync.Once

@@ -35,8 +35,8 @@ type serveConfig struct {
 	queueSize, workers, batchSize int
 	batchWait                     time.Duration
 
-	redisURL, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
-	clusterKey                                                           []byte // decoded CHAT_CLUSTER_KEY
+	redisURL, redisCluster, clusterAddr, clusterJoin, clusterAdvertise, clusterProfile string
+	clusterKey                                                                         []byte // decoded CHAT_CLUSTER_KEY
 
 	maxConnsPerIP int
 	devMode       bool
@@ -79,7 +79,8 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	f.intVar(&c.batchSize, "persist-batch", "CHAT_PERSIST_BATCH", 100, "most messages in one INSERT")
 	f.durationVar(&c.batchWait, "persist-batch-wait", "CHAT_PERSIST_BATCH_WAIT", 20*time.Millisecond, "how long a batch waits to fill")
 	f.stringVar(&c.redisURL, "redis-url", "CHAT_REDIS_URL", "", "redis:// URL of the relay; empty: a single node with in-memory relay")
-	f.stringVar(&c.clusterAddr, "cluster-addr", "CHAT_CLUSTER_ADDR", ":7946", "memberlist gossip bind address (with CHAT_REDIS_URL)")
+	f.stringVar(&c.redisCluster, "redis-cluster", "CHAT_REDIS_CLUSTER", "", "comma list of seed host:port of a Redis Cluster, used instead of CHAT_REDIS_URL")
+	f.stringVar(&c.clusterAddr, "cluster-addr", "CHAT_CLUSTER_ADDR", ":7946", "memberlist gossip bind address (with CHAT_REDIS_URL or CHAT_REDIS_CLUSTER)")
 	f.stringVar(&c.clusterJoin, "cluster-join", "CHAT_CLUSTER_JOIN", "", "comma list of seeds: host:port, or a DNS name such as a headless service")
 	f.stringVar(&c.clusterAdvertise, "cluster-advertise", "CHAT_CLUSTER_ADVERTISE", "", "ip or ip:port other nodes reach this node's gossip at (default: picked from the bind address)")
 	f.stringVar(&c.clusterProfile, "cluster-profile", "CHAT_CLUSTER_PROFILE", cluster.ProfileLAN, "failure detection timing: lan, wan or local")
@@ -114,7 +115,7 @@ func parseServe(args []string, stderr io.Writer) (*serveConfig, error) {
 	c.nodeName = nc.NodeName // with its default
 	// The public dev secret must not sign tokens for a deployment: with
 	// shared services (PostgreSQL, Redis) dev mode is asked for by name.
-	if c.secret == "" && !c.devMode && (c.redisURL != "" || store.IsPostgresURL(c.dbURL)) {
+	if c.secret == "" && !c.devMode && (c.redisURL != "" || c.redisCluster != "" || store.IsPostgresURL(c.dbURL)) {
 		return nil, errors.New("serve: no CHAT_JWT_SECRET with PostgreSQL or Redis configured: set CHAT_JWT_SECRET " +
 			"(dev mode signs tokens with a public secret), or CHAT_DEV_MODE=true (--dev) to run in dev mode anyway")
 	}
@@ -152,6 +153,7 @@ func (c *serveConfig) nodeConfig() node.Config {
 		PersistBatch:     c.batchSize,
 		PersistBatchWait: c.batchWait,
 		RedisURL:         c.redisURL,
+		RedisCluster:     cluster.ParseSeeds(c.redisCluster),
 		ClusterAddr:      c.clusterAddr,
 		ClusterJoin:      cluster.ParseSeeds(c.clusterJoin),
 		ClusterAdvertise: c.clusterAdvertise,

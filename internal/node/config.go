@@ -60,7 +60,11 @@ type Config struct {
 	PersistBatchWait time.Duration
 
 	// RedisURL makes the node a cluster node; empty: a single node.
-	RedisURL         string
+	RedisURL string
+	// RedisCluster, the seed addresses (host:port) of a Redis Cluster,
+	// makes the node a cluster node relaying through that Redis Cluster
+	// instead of one Redis server; it excludes RedisURL.
+	RedisCluster     []string
 	ClusterAddr      string
 	ClusterJoin      []string
 	ClusterAdvertise string
@@ -84,6 +88,8 @@ func (c *Config) Validate() error {
 		return errors.New("node: shutdown-timeout must be positive")
 	case c.MaxTokenTTL <= 0:
 		return errors.New("node: max-token-ttl must be positive")
+	case c.RedisURL != "" && len(c.RedisCluster) > 0:
+		return errors.New("node: redis-url and redis-cluster exclude each other: give one")
 	}
 	if c.NodeName == "" {
 		c.NodeName = "chatd"

@@ -38,7 +38,7 @@ type Node struct {
 
 	// The cluster node's Redis components, nil on a single node; rdb is
 	// the client they share.
-	rdb         *redis.Client
+	rdb         redis.UniversalClient
 	broker      *cluster.RedisBroker
 	presence    *cluster.RedisPresence
 	limiter     *cluster.RedisConnLimiter
@@ -126,7 +126,7 @@ func (n *Node) build(ctx context.Context) error {
 
 	// The shared Redis client is made first so that it closes last, after
 	// every component using it.
-	if c.RedisURL != "" {
+	if c.RedisURL != "" || len(c.RedisCluster) > 0 {
 		if err := n.openRedis(); err != nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func (n *Node) build(ctx context.Context) error {
 			return err
 		}
 	} else {
-		n.log.Info("single node: no CHAT_REDIS_URL, relay and presence are in memory")
+		n.log.Info("single node: no CHAT_REDIS_URL or CHAT_REDIS_CLUSTER, relay and presence are in memory")
 	}
 	return n.buildServer()
 }
@@ -183,14 +183,28 @@ func (n *Node) build(ctx context.Context) error {
 // publication of a frame without an id could be delivered twice; see
 // cluster.RedisBrokerConfig.Client). The relay's pub/sub connection is not
 // one of the pool's: go-redis dedicates a connection to it.
+//
+// On a Redis Cluster the client is a ClusterClient: it learns the slot map
+// from the seeds, sends each command to the master of its key's slot, and
+// follows MOVED and ASK redirections (those are not retries of a command
+// that may have run: Redis refused it).
 func (n *Node) openRedis() error {
-	opt, err := redis.ParseURL(n.cfg.RedisURL)
-	if err != nil {
-		return fmt.Errorf("serve: redis-url: %w", err)
+	var rdb redis.UniversalClient
+	if seeds := n.cfg.RedisCluster; len(seeds) > 0 {
+		rdb = redis.NewClusterClient(&redis.ClusterOptions{
+			Addrs:                 seeds,
+			MaxRetries:            -1,
+			ContextTimeoutEnabled: true,
+		})
+	} else {
+		opt, err := redis.ParseURL(n.cfg.RedisURL)
+		if err != nil {
+			return fmt.Errorf("serve: redis-url: %w", err)
+		}
+		opt.MaxRetries = -1
+		opt.ContextTimeoutEnabled = true
+		rdb = redis.NewClient(opt)
 	}
-	opt.MaxRetries = -1
-	opt.ContextTimeoutEnabled = true
-	rdb := redis.NewClient(opt)
 	n.rdb = rdb
 	n.add("redis client", func(context.Context) error { return rdb.Close() })
 	return nil
