@@ -16,9 +16,11 @@ type BrokerHandler func(room string, data []byte)
 type RelayEvents interface {
 	// Resync is called when the relay delivers again after it was cut
 	// off: what was published meanwhile never reached this node, so every
-	// local member is told to catch up. It is called before the relay
-	// delivers anything more, and must not block.
-	Resync()
+	// local member of the rooms it names is told to catch up. rooms
+	// reports whether a room was cut off (a Redis Cluster master carries
+	// only its slots' rooms); nil means every room. It is called before
+	// the relay delivers anything more in those rooms, and must not block.
+	Resync(rooms func(room string) bool)
 	// RoomLastID returns the greatest message id the relay delivered in
 	// room on this node (empty if none). A broker whose room log is empty
 	// (a new room, an expired log, or one lost with Redis's data) first

@@ -290,8 +290,8 @@ func TestServeConnResyncedChannelGetsNothingUntilRejoined(t *testing.T) {
 	a.expectReply(t, "1", "ok")
 	b.send(t, "1", "1", "room:lobby", EventJoin, `{}`)
 	b.expectReply(t, "1", "ok")
-	h.Resync()
-	h.Resync() // an errored channel is told once
+	h.Resync(nil)
+	h.Resync(nil) // an errored channel is told once
 	for _, c := range []*fakeConn{a, b} {
 		if f := c.next(t); f.Event != EventError || f.JoinRef != "1" || f.Topic != "room:lobby" {
 			t.Fatalf("after Resync: %+v, want phx_error", f)

@@ -3,6 +3,7 @@ package chat
 import (
 	"context"
 	"hash/maphash"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -237,12 +238,13 @@ func (h *Hub) leave(s *Session, r *room) {
 	}
 }
 
-// Resync tells every local member of every room that it may have missed
-// messages (the relay to this node was cut off and is back): each channel
+// Resync tells every local member of every room cutOff names (nil: every
+// room) that it may have missed messages (the relay to this node was cut
+// off and is back): each channel
 // gets phx_error, on which the phoenix client rejoins, with "since" its
 // last message id when it asks for recovery. Channels stay joined; the
 // rejoin replaces them.
-func (h *Hub) Resync() {
+func (h *Hub) Resync(cutOff func(room string) bool) {
 	var rooms []*room
 	for i := range h.shards {
 		sh := &h.shards[i]
@@ -251,6 +253,10 @@ func (h *Hub) Resync() {
 			rooms = append(rooms, r)
 		}
 		sh.mu.Unlock()
+	}
+	if cutOff != nil {
+		// Asked with no lock held: the relay may take its own.
+		rooms = slices.DeleteFunc(rooms, func(r *room) bool { return !cutOff(r.name) })
 	}
 	n := 0
 	for _, r := range rooms {

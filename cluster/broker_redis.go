@@ -6,7 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -162,11 +162,12 @@ type RedisBroker struct {
 	cfg        RedisBrokerConfig
 	log        *slog.Logger
 	client     redis.UniversalClient
+	cluster    *redis.ClusterClient // client, when it is a Redis Cluster's
 	ownsClient bool
 	handler    chat.BrokerHandler // set by Run
 	events     chat.RelayEvents   // set by Run; may be nil
-	ps         *redis.PubSub
-	chanPrefix string // "<Prefix>:room:"
+	pubCmd     string             // "PUBLISH"; "SPUBLISH" on a Redis Cluster
+	chanPrefix string             // "<Prefix>:room:"
 	prefix     string
 	indexKey   string // "<Prefix>:node-rooms:{<NodeName>}"
 	ttlMillis  int64
@@ -176,31 +177,22 @@ type RedisBroker struct {
 	indexMu sync.Mutex
 	indexed map[string]time.Time
 
-	wake      chan struct{} // capacity 1: asks the sync loop for a round
 	done      chan struct{} // closed by Close
 	isClosed  atomic.Bool
 	closeOnce sync.Once
-	wg        sync.WaitGroup
+	wg        sync.WaitGroup // the shards' goroutines
 
-	// relayDown is set while the pub/sub connection is failing.
-	relayDown atomic.Bool
-
-	// mu guards the fields below. It is never held across network I/O or a
-	// call of the handler.
+	// mu guards the fields below and the shards' round state. It is never
+	// held across network I/O or a call of the handler.
 	mu      sync.Mutex
 	running bool
 	closed  bool
 	rooms   map[string]*redisRoom
-	dirty   map[string]struct{} // rooms whose Redis subscription may need a change
-	// Rounds: the sync loop numbers each batch of SUBSCRIBE/UNSUBSCRIBE it
-	// writes and ends it with PING "<barrierPrefix><round>". Redis runs a
-	// connection's commands in order, so the pong proves every change of
-	// that round (and before) is in effect.
-	round     uint64        // the latest round the sync loop started
-	acked     uint64        // the latest round whose pong arrived
-	failed    uint64        // the latest round that could not be written
-	failedErr error         // why round failed
-	changed   chan struct{} // closed and replaced when acked, failed or closed change
+	// The pub/sub connections: single for one Redis server; on a Redis
+	// Cluster, shards holds one per master address, made when a room of
+	// that master is first used.
+	single *relayShard
+	shards map[string]*relayShard
 
 	published     atomic.Int64
 	publishErrors atomic.Int64
@@ -212,16 +204,11 @@ type RedisBroker struct {
 
 // redisRoom is the local subscription state of one room.
 type redisRoom struct {
-	count  int    // Subscribe calls not undone yet
+	shard  *relayShard // the pub/sub connection that carries it
+	count  int         // Subscribe calls not undone yet
 	issued bool   // SUBSCRIBE was written last (the room is in the pub/sub channel set)
 	ready  uint64 // the round whose pong makes the room's subscription live
 }
-
-// barrierPrefix starts the payload of the sync loop's pings.
-const barrierPrefix = "chatd-barrier:"
-
-// subscribeBatch bounds the channels of one SUBSCRIBE or UNSUBSCRIBE.
-const subscribeBatch = 512
 
 var _ chat.Broker = (*RedisBroker)(nil)
 
@@ -261,18 +248,76 @@ func NewRedisBroker(cfg RedisBrokerConfig) (*RedisBroker, error) {
 		indexKey:   cfg.Prefix + ":node-rooms:{" + cfg.NodeName + "}",
 		ttlMillis:  cfg.LastIDTTL.Milliseconds(),
 		indexed:    make(map[string]time.Time),
-		wake:       make(chan struct{}, 1),
 		done:       make(chan struct{}),
 		rooms:      make(map[string]*redisRoom),
-		dirty:      make(map[string]struct{}),
-		changed:    make(chan struct{}),
+		pubCmd:     "PUBLISH",
 	}
 	var err error
 	if b.client, b.ownsClient, err = redisClientFrom(cfg.Client, cfg.URL, b.log, "redis broker"); err != nil {
 		return nil, err
 	}
-	b.ps = b.client.Subscribe(context.Background()) // no channels: no connection yet
+	if cc, ok := b.client.(*redis.ClusterClient); ok {
+		b.cluster, b.pubCmd = cc, "SPUBLISH"
+		b.shards = make(map[string]*relayShard)
+		return b, nil
+	}
+	addr, network := "", ""
+	if c, ok := b.client.(*redis.Client); ok {
+		addr, network = c.Options().Addr, c.Options().Network
+	}
+	b.single = newRelayShard(b, addr, network, false, func() *redis.PubSub {
+		return b.client.Subscribe(context.Background())
+	})
 	return b, nil
+}
+
+// shardFor returns the pub/sub connection that carries room: the one to a
+// single Redis server, or the one to the master of the room's hash slot in
+// a Redis Cluster (made on first use, and started if the broker runs).
+func (b *RedisBroker) shardFor(ctx context.Context, room string) (*relayShard, error) {
+	if b.cluster == nil {
+		return b.single, nil
+	}
+	b.mu.Lock()
+	if r := b.rooms[room]; r != nil {
+		b.mu.Unlock()
+		return r.shard, nil
+	}
+	b.mu.Unlock()
+	node, err := b.cluster.MasterForKey(ctx, b.channel(room))
+	if err != nil {
+		return nil, fmt.Errorf("cluster: redis cluster: the master of room %s: %w", room, err)
+	}
+	opt := node.Options()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, ErrBrokerClosed
+	}
+	sh := b.shards[opt.Addr]
+	if sh == nil {
+		sh = newRelayShard(b, opt.Addr, opt.Network, true, func() *redis.PubSub {
+			return node.SSubscribe(context.Background())
+		})
+		b.shards[opt.Addr] = sh
+		if b.running {
+			sh.start()
+		}
+	}
+	return sh, nil
+}
+
+// allShards returns the pub/sub connections made so far. b.mu must be
+// held.
+func (b *RedisBroker) allShardsLocked() []*relayShard {
+	if b.single != nil {
+		return []*relayShard{b.single}
+	}
+	out := make([]*relayShard, 0, len(b.shards))
+	for _, sh := range b.shards {
+		out = append(out, sh)
+	}
+	return out
 }
 
 // Run implements chat.Broker: it starts the goroutines that keep the
@@ -297,9 +342,9 @@ func (b *RedisBroker) Run(h chat.BrokerHandler, ev chat.RelayEvents) error {
 	}
 	b.running = true
 	b.handler, b.events = h, ev
-	b.wg.Add(2)
-	go b.receiveLoop()
-	go b.syncLoop()
+	for _, sh := range b.allShardsLocked() {
+		sh.start()
+	}
 	return nil
 }
 
@@ -313,11 +358,19 @@ func (b *RedisBroker) Close() error {
 		b.isClosed.Store(true)
 		b.mu.Lock()
 		b.closed = true
-		b.notifyLocked()
+		shards := b.allShardsLocked()
+		var pss []*redis.PubSub
+		for _, sh := range shards {
+			sh.notifyLocked()
+			pss = append(pss, sh.ps)
+		}
 		b.mu.Unlock()
 		close(b.done)
-		// Closing the pub/sub connection ends a receive in progress.
-		b.ps.Close()
+		// Closing a pub/sub connection ends a receive in progress; one
+		// that replaces it after this sees the broker closed.
+		for _, ps := range pss {
+			ps.Close()
+		}
 		b.wg.Wait()
 		if b.ownsClient {
 			if cerr := b.client.Close(); cerr != nil {
@@ -366,11 +419,16 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 	if b.isClosed.Load() {
 		return fmt.Errorf("%w: %w", chat.ErrNotPublished, ErrBrokerClosed)
 	}
+	sh, err := b.shardFor(ctx, room)
+	if err != nil {
+		b.publishErrors.Add(1)
+		return fmt.Errorf("%w: %w", chat.ErrNotPublished, err)
+	}
 	// While this node's own subscription is down, a publication would
 	// reach the other nodes but not this node's members: refuse it.
-	if b.relayDown.Load() {
+	if sh.down.Load() {
 		b.publishErrors.Add(1)
-		return fmt.Errorf("%w: %w", chat.ErrNotPublished, errRelayDown)
+		return fmt.Errorf("%w: %w", chat.ErrNotPublished, sh.downErr())
 	}
 	ms := ""
 	if id != "" {
@@ -387,7 +445,7 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 	startLog := "" // ARGV[8]: may this publish start the room's log
 	for {
 		res, err := publishScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
-			id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms, startLog).Slice()
+			id, data, b.channel(room), b.ttlMillis, b.cfg.LogLength, b.cfg.NodeName, ms, startLog, b.pubCmd).Slice()
 		if err != nil {
 			b.publishErrors.Add(1)
 			if notSent(err) {
@@ -420,7 +478,7 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 			// far (one barrier round), this node has seen their ids: id
 			// starts the log if it is still after them.
 			b.emptyLogs.Add(1)
-			if err := b.catchUp(ctx); err != nil {
+			if err := sh.catchUp(ctx); err != nil {
 				b.publishErrors.Add(1)
 				return fmt.Errorf("%w: cluster: redis publish to room %s: reading the relay before starting the room's log: %w", chat.ErrNotPublished, room, err)
 			}
@@ -436,26 +494,6 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 		b.publishErrors.Add(1)
 		return fmt.Errorf("cluster: redis publish to room %s: unexpected script reply %v", room, res)
 	}
-}
-
-// catchUp waits until the pub/sub connection has delivered to the handler
-// every publication Redis made before the call: a barrier round started
-// after it is acknowledged.
-//
-// A broker not running yet delivers nothing, so there is nothing to catch
-// up on. A round acknowledged on a pub/sub connection just restored
-// proves nothing about what was published while it was down: the hub's
-// Resync covers that.
-func (b *RedisBroker) catchUp(ctx context.Context) error {
-	b.mu.Lock()
-	if !b.running {
-		b.mu.Unlock()
-		return nil
-	}
-	need := b.round + 1
-	b.mu.Unlock()
-	b.signal()
-	return b.waitRound(ctx, need)
 }
 
 // notSent reports whether err proves a command never reached Redis: no
@@ -653,15 +691,19 @@ func (b *RedisBroker) Delete(ctx context.Context, room, id string, data []byte) 
 	if b.isClosed.Load() {
 		return false, ErrBrokerClosed
 	}
-	if b.relayDown.Load() {
-		return false, errRelayDown
+	sh, err := b.shardFor(ctx, room)
+	if err != nil {
+		return false, err
+	}
+	if sh.down.Load() {
+		return false, sh.downErr()
 	}
 	ms, err := idMillis(id)
 	if err != nil {
 		return false, err
 	}
 	n, err := deleteScript.Run(ctx, b.client, []string{b.logKey(room), b.deletedKey(room)},
-		id, ms, data, b.channel(room)).Int()
+		id, ms, data, b.channel(room), b.pubCmd).Int()
 	if err != nil {
 		return false, fmt.Errorf("cluster: redis delete message %s of room %s: %w", id, room, err)
 	}
@@ -717,31 +759,38 @@ func (b *RedisBroker) TakeOver(ctx context.Context, node string, fn func(room st
 // Redis cannot be reached. It must follow Run.
 func (b *RedisBroker) Subscribe(ctx context.Context, room string) error {
 	b.mu.Lock()
-	switch {
-	case b.closed:
+	running := b.running
+	b.mu.Unlock()
+	if !running {
+		return errNotRunning
+	}
+	sh, err := b.shardFor(ctx, room)
+	if err != nil {
+		return fmt.Errorf("cluster: redis subscribe to room %s: %w", room, err)
+	}
+	b.mu.Lock()
+	if b.closed {
 		b.mu.Unlock()
 		return ErrBrokerClosed
-	case !b.running:
-		b.mu.Unlock()
-		return errNotRunning
 	}
 	r := b.rooms[room]
 	if r == nil {
-		r = &redisRoom{}
+		r = &redisRoom{shard: sh}
 		b.rooms[room] = r
 	}
+	sh = r.shard
 	r.count++
 	if r.count == 1 {
 		// Whatever the pub/sub connection was told before, the next round
 		// starts after this and settles the room.
-		r.ready = b.round + 1
-		b.dirty[room] = struct{}{}
+		r.ready = sh.round + 1
+		sh.dirty[room] = struct{}{}
 	}
 	need := r.ready
 	b.mu.Unlock()
-	b.signal()
+	sh.signal()
 
-	if err := b.waitRound(ctx, need); err != nil {
+	if err := sh.waitRound(ctx, need); err != nil {
 		b.release(room)
 		return fmt.Errorf("cluster: redis subscribe to room %s: %w", room, err)
 	}
@@ -767,26 +816,62 @@ func (b *RedisBroker) release(room string) {
 	}
 	r.count--
 	if r.count == 0 {
-		b.dirty[room] = struct{}{}
+		r.shard.dirty[room] = struct{}{}
 	}
+	sh := r.shard
 	b.mu.Unlock()
-	b.signal()
+	sh.signal()
 }
 
 // Ping reports whether the broker can relay: the pub/sub connection is up
 // (known without I/O) and Redis answers PING within ctx. It is meant for
-// readiness checks.
+// readiness checks. On a Redis Cluster every master is pinged, and the
+// error names each master that is down, whose rooms are unavailable
+// while the others' chat on.
 func (b *RedisBroker) Ping(ctx context.Context) error {
 	if b.isClosed.Load() {
 		return ErrBrokerClosed
 	}
-	if b.relayDown.Load() {
-		return errRelayDown
+	if b.cluster == nil {
+		if b.single.down.Load() {
+			return errRelayDown
+		}
+		if err := b.client.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("cluster: redis ping: %w", err)
+		}
+		return nil
 	}
-	if err := b.client.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("cluster: redis ping: %w", err)
+	var mu sync.Mutex
+	down := make(map[string]error)
+	b.mu.Lock()
+	for addr, sh := range b.shards {
+		if sh.down.Load() {
+			down[addr] = errRelayDown
+		}
 	}
-	return nil
+	b.mu.Unlock()
+	err := b.cluster.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+		if err := c.Ping(ctx).Err(); err != nil {
+			mu.Lock()
+			if _, ok := down[c.Options().Addr]; !ok {
+				down[c.Options().Addr] = err
+			}
+			mu.Unlock()
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cluster: redis cluster: %w", err)
+	}
+	if len(down) == 0 {
+		return nil
+	}
+	addrs := slices.Sorted(maps.Keys(down))
+	errs := make([]error, len(addrs))
+	for i, a := range addrs {
+		errs[i] = fmt.Errorf("redis master %s is down, its rooms are unavailable: %w", a, down[a])
+	}
+	return fmt.Errorf("cluster: %w", errors.Join(errs...))
 }
 
 // RedisBrokerStats are a RedisBroker's counters since it was made.
@@ -807,6 +892,10 @@ type RedisBrokerStats struct {
 	Reconnects int64 `json:"reconnects"`
 	// Rooms is how many rooms this node subscribes to now.
 	Rooms int `json:"rooms"`
+	// Connections is how many pub/sub connections the broker holds: one
+	// to a single Redis server, one per master of a Redis Cluster that
+	// carries a room this node used.
+	Connections int `json:"pubsub_connections"`
 }
 
 // Stats returns the broker's counters.
@@ -825,298 +914,20 @@ func (b *RedisBroker) Stats() RedisBrokerStats {
 			s.Rooms++
 		}
 	}
+	s.Connections = len(b.allShardsLocked())
 	b.mu.Unlock()
 	return s
 }
 
-// signal asks the sync loop for a round, without blocking.
-func (b *RedisBroker) signal() {
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
-}
-
-// notifyLocked wakes everyone waiting for a change of acked, failed or
-// closed. b.mu must be held.
-func (b *RedisBroker) notifyLocked() {
-	close(b.changed)
-	b.changed = make(chan struct{})
-}
-
-// waitRound waits until round need (or a later one) is acknowledged by
-// Redis; it fails when such a round failed first, the broker closes or ctx
-// ends.
-func (b *RedisBroker) waitRound(ctx context.Context, need uint64) error {
-	for {
-		b.mu.Lock()
-		acked, failed, failedErr, closed, changed := b.acked, b.failed, b.failedErr, b.closed, b.changed
-		b.mu.Unlock()
-		switch {
-		case acked >= need:
-			return nil
-		case closed:
-			return ErrBrokerClosed
-		case failed >= need:
-			return failedErr
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-// syncLoop brings the pub/sub connection's subscriptions in line with the
-// rooms' counts, one round at a time, when asked and every PingInterval
-// (which also keeps an idle connection proven alive). It alone writes
-// SUBSCRIBE and UNSUBSCRIBE, so a room's commands reach Redis in the order
-// its counts changed.
-func (b *RedisBroker) syncLoop() {
-	defer b.wg.Done()
-	tick := time.NewTicker(b.cfg.PingInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-b.done:
-			return
-		case <-b.wake:
-		case <-tick.C:
-		}
-		b.syncRound()
-	}
-}
-
-// syncRound runs one round: it writes the subscription changes collected
-// since the last round, then the round's barrier ping.
-func (b *RedisBroker) syncRound() {
-	var subs, unsubs []string
-	b.mu.Lock()
-	b.round++
-	round := b.round
-	for name := range b.dirty {
-		r := b.rooms[name]
-		switch {
-		case r == nil:
-		case r.count > 0 && !r.issued:
-			subs = append(subs, b.channel(name))
-			r.issued = true
-		case r.count == 0 && r.issued:
-			unsubs = append(unsubs, b.channel(name))
-			delete(b.rooms, name)
-		case r.count == 0:
-			delete(b.rooms, name)
-		}
-	}
-	clear(b.dirty)
-	b.mu.Unlock()
-
-	// go-redis records the channels of a failed SUBSCRIBE too, and sends
-	// SUBSCRIBE for all it records on every new connection: an error here
-	// does not lose the room, it only fails this round's waiters.
-	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.OpTimeout)
-	defer cancel()
-	var err error
-	for chunk := range chunks(subs) {
-		err = errors.Join(err, b.ps.Subscribe(ctx, chunk...))
-	}
-	for chunk := range chunks(unsubs) {
-		err = errors.Join(err, b.ps.Unsubscribe(ctx, chunk...))
-	}
-	if err == nil {
-		err = b.ps.Ping(ctx, barrierPrefix+strconv.FormatUint(round, 10))
-	}
-	if err != nil {
-		if b.isClosed.Load() {
-			return
-		}
-		b.log.Debug("redis broker: subscription round failed", "round", round, "err", err)
-		b.mu.Lock()
-		if round > b.failed {
-			b.failed, b.failedErr = round, err
-			b.notifyLocked()
-		}
-		b.mu.Unlock()
-	}
-}
-
-// chunks splits s into slices of at most subscribeBatch elements.
-func chunks(s []string) func(yield func([]string) bool) {
-	return func(yield func([]string) bool) {
-		for len(s) > 0 {
-			n := min(len(s), subscribeBatch)
-			if !yield(s[:n]) {
-				return
-			}
-			s = s[n:]
-		}
-	}
-}
-
-// receiveLoop reads the pub/sub connection and hands each publication of a
-// subscribed room to the handler, in the order Redis sent them. A read
-// that times out keeps the connection (a silent Redis may only be busy);
-// after three PingIntervals of silence the loop tells a stall from a
-// cut-off (see silent). An error of the connection itself (Redis closed
-// it, restarted, the network reset it) is a failure: go-redis replaces
-// the connection on the next read (SUBSCRIBE-ing every recorded channel on
-// the new one), the loop pauses with backoff between attempts, and
-// the hub's Resync is called once the new connection delivers.
-func (b *RedisBroker) receiveLoop() {
-	defer b.wg.Done()
-	failures := 0
-	heard := time.Now() // when the connection last delivered, or was replaced
-	stalled := false
-	for {
-		msg, err := b.ps.ReceiveTimeout(context.Background(), b.cfg.PingInterval)
-		if err != nil && isTimeout(err) && !b.isClosed.Load() {
-			quiet := time.Since(heard)
-			if quiet < 3*b.cfg.PingInterval {
-				continue
-			}
-			var cut error
-			if cut = b.silent(quiet); cut == nil {
-				if !stalled {
-					stalled = true
-					b.log.Warn("redis broker: Redis accepts connections but has not answered; keeping the pub/sub connection", "silent_for", quiet.Round(time.Millisecond).String())
-				}
-				continue
-			}
-			// A read under an expired deadline fails as a timeout, which
-			// Receive (unlike ReceiveTimeout) takes for a broken
-			// connection: go-redis closes it, and the next read dials a
-			// new one. A publication already buffered is delivered instead.
-			ctx, cancel := context.WithDeadline(context.Background(), time.Now())
-			msg, err = b.ps.Receive(ctx)
-			cancel()
-			if err != nil {
-				err = cut
-			}
-		}
-		if err != nil {
-			if b.isClosed.Load() {
-				return
-			}
-			failures++
-			stalled = false
-			if failures == 1 {
-				b.relayDown.Store(true)
-				b.log.Warn("redis broker: pub/sub connection failed; reconnecting", "err", err)
-			}
-			// The pong of a round written to the lost connection will
-			// never come: a new round settles its waiters either way.
-			b.signal()
-			if !b.pause(failures) {
-				return
-			}
-			heard = time.Now()
-			continue
-		}
-		heard = time.Now()
-		if stalled {
-			stalled = false
-			b.log.Info("redis broker: Redis answers again; the pub/sub connection was kept, nothing to resync")
-		}
-		if failures > 0 {
-			b.reconnects.Add(1)
-			b.relayDown.Store(false)
-			b.log.Info("redis broker: pub/sub connection restored", "failed_attempts", failures)
-			failures = 0
-			b.signal()
-			if b.events != nil {
-				b.events.Resync()
-			}
-		}
-		switch m := msg.(type) {
-		case *redis.Message:
-			b.deliver(m)
-		case *redis.Pong:
-			if s, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
-				if round, err := strconv.ParseUint(s, 10, 64); err == nil {
-					b.ack(round)
-				}
-			}
-		case *redis.Subscription:
-			// Confirmations are covered by the rounds' pongs.
-		}
-	}
-}
-
-// silent decides what a pub/sub connection silent for quiet means: nil
-// for a stall (keep the connection), an error for a cut-off (replace it).
-//
-// Redis answers nothing while it runs a long command (DEBUG SLEEP, a slow
-// script) or while its process is stopped, yet its kernel keeps the TCP
-// connection alive and buffers what we send: once Redis runs again it
-// answers every ping and delivers every publication, so replacing the
-// connection would only lose what was published meanwhile and make every
-// client resync. A cut-off (Redis's host gone, the network partitioned)
-// shows as an address that no longer accepts a TCP connection; closing,
-// restarting or killing the connection shows as a read error, not as
-// silence. The probe is a bare TCP connect (no TLS, no command), which the
-// kernel completes without Redis's event loop. Silence longer than
-// StallTimeout is taken for a cut-off even so.
-func (b *RedisBroker) silent(quiet time.Duration) error {
-	if quiet >= b.cfg.StallTimeout {
-		return fmt.Errorf("cluster: redis broker: pub/sub connection silent for %s (StallTimeout)", quiet.Round(time.Millisecond))
-	}
-	c, _ := b.client.(*redis.Client)
-	if c == nil {
-		return nil
-	}
-	opt := c.Options()
-	d := net.Dialer{Timeout: b.cfg.OpTimeout}
-	nc, err := d.DialContext(context.Background(), opt.Network, opt.Addr)
-	if err != nil {
-		return fmt.Errorf("cluster: redis broker: pub/sub connection silent for %s and Redis unreachable: %w", quiet.Round(time.Millisecond), err)
-	}
-	nc.Close()
-	return nil
-}
-
-// isTimeout reports whether err is a read that timed out (not a dial: a
-// new connection that cannot be opened is a failure).
-func isTimeout(err error) bool {
-	var oe *net.OpError
-	if errors.As(err, &oe) && oe.Op == "dial" {
-		return false
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-// pause sleeps before the next attempt after failures consecutive ones:
-// MinBackoff doubled per failure up to MaxBackoff, minus up to half of it
-// in jitter. It reports false when the broker closed meanwhile.
-func (b *RedisBroker) pause(failures int) bool {
-	d := b.cfg.MinBackoff
-	for i := 1; i < failures && d < b.cfg.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, b.cfg.MaxBackoff)
-	if d > 1 {
-		d -= rand.N(d / 2)
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-b.done:
-		return false
-	case <-t.C:
-		return true
-	}
-}
-
 // deliver hands m to the handler if its room is subscribed on this node.
-func (b *RedisBroker) deliver(m *redis.Message) {
-	room, ok := strings.CutPrefix(m.Channel, b.chanPrefix+"{")
-	if room, ok = strings.CutSuffix(room, "}"); !ok {
+func (b *RedisBroker) deliver(sh *relayShard, m *redis.Message) {
+	room, ok := b.roomOf(m.Channel)
+	if !ok {
 		return
 	}
 	b.mu.Lock()
 	r := b.rooms[room]
-	live := r != nil && r.count > 0
+	live := r != nil && r.count > 0 && r.shard == sh
 	b.mu.Unlock()
 	if !live {
 		return
@@ -1125,12 +936,11 @@ func (b *RedisBroker) deliver(m *redis.Message) {
 	b.handler(room, []byte(m.Payload))
 }
 
-// ack records that round's pong arrived.
-func (b *RedisBroker) ack(round uint64) {
-	b.mu.Lock()
-	if round > b.acked {
-		b.acked = round
-		b.notifyLocked()
+// roomOf returns the room whose channel ch is.
+func (b *RedisBroker) roomOf(ch string) (string, bool) {
+	room, ok := strings.CutPrefix(ch, b.chanPrefix+"{")
+	if !ok {
+		return "", false
 	}
-	b.mu.Unlock()
+	return strings.CutSuffix(room, "}")
 }

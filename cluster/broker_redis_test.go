@@ -76,7 +76,7 @@ func startBrokerEvents(tb testing.TB, cfg cluster.RedisBrokerConfig, h chat.Brok
 // resyncCounter counts the relay's Resync calls.
 type resyncCounter struct{ n *atomic.Int64 }
 
-func (r resyncCounter) Resync() { r.n.Add(1) }
+func (r resyncCounter) Resync(func(string) bool) { r.n.Add(1) }
 
 func (resyncCounter) RoomLastID(string) string { return "" }
 
@@ -93,7 +93,7 @@ func (l *lastReceived) handle(_ string, data []byte) {
 	l.mu.Unlock()
 }
 
-func (*lastReceived) Resync() {}
+func (*lastReceived) Resync(func(string) bool) {}
 
 func (l *lastReceived) RoomLastID(string) string {
 	l.mu.Lock()

@@ -8,6 +8,8 @@
 -- ARGV[2]  the millisecond part of the message id (the stream entry id's)
 -- ARGV[3]  the frame to publish
 -- ARGV[4]  the room's pub/sub channel
+-- ARGV[5]  the command that publishes: PUBLISH, or SPUBLISH on a Redis
+--          Cluster
 --
 -- Returns 1 when the log holds the message, 0 when it does not (nothing is
 -- recorded then). Either way the frame is published. The set lives as long
@@ -30,5 +32,5 @@ if held == 1 then
     redis.call('PEXPIRE', KEYS[2], ttl)
   end
 end
-redis.call('PUBLISH', ARGV[4], ARGV[3])
+redis.call(ARGV[5], ARGV[4], ARGV[3])
 return held

@@ -12,6 +12,8 @@
 -- ARGV[7]  the millisecond part of the message id (the stream entry id's)
 -- ARGV[8]  '1' when the publisher has read every publication made before
 --          it last found the log empty, so its id is after them
+-- ARGV[9]  the command that publishes: PUBLISH, or SPUBLISH on a Redis
+--          Cluster (the channel is in the room's slot, like KEYS)
 --
 -- Returns {1} when published; {0, last} when the id is not after the log's
 -- last entry (nothing done: a fence refuses its own id this way); {2} when
@@ -46,5 +48,5 @@ if id ~= '' then
     redis.call('PEXPIRE', KEYS[2], ARGV[4])
   end
 end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call(ARGV[9], ARGV[3], ARGV[2])
 return {1}
