@@ -206,8 +206,8 @@ type RedisBroker struct {
 type redisRoom struct {
 	shard  *relayShard // the pub/sub connection that carries it
 	count  int         // Subscribe calls not undone yet
-	issued bool   // SUBSCRIBE was written last (the room is in the pub/sub channel set)
-	ready  uint64 // the round whose pong makes the room's subscription live
+	issued bool        // SUBSCRIBE was written last (the room is in the pub/sub channel set)
+	ready  uint64      // the round whose pong makes the room's subscription live
 }
 
 var _ chat.Broker = (*RedisBroker)(nil)
