@@ -24,8 +24,9 @@ import (
 // picks the default given in its comment; Client or URL is required.
 type RedisBrokerConfig struct {
 	// Client is the Redis client to publish with and to open the pub/sub
-	// connection from. The broker does not close it. Two of its options
-	// matter:
+	// connections from: a *redis.Client for one Redis server, a
+	// *redis.ClusterClient for a Redis Cluster (Redis 7 or later: sharded
+	// pub/sub). The broker does not close it. Two of its options matter:
 	//   - ContextTimeoutEnabled: without it, go-redis ignores context
 	//     deadlines on the socket, so Publish, Subscribe and Ping against an
 	//     unresponsive Redis take its ReadTimeout or DialTimeout (seconds)
@@ -144,18 +145,24 @@ var ErrBrokerClosed = errors.New("cluster: redis broker closed")
 // the subscription.
 var errNotRunning = errors.New("cluster: redis broker not running (call Run)")
 
-// RedisBroker is the Broker of a cluster whose nodes share one Redis server.
+// RedisBroker is the Broker of a cluster whose nodes share one Redis server
+// or one Redis Cluster.
 //
 // Publish runs one Lua script that checks the message id against the room's
 // last id and PUBLISHes in the same atomic step, so the order Redis accepts
 // publications in is the order every node receives them in. Each node holds
-// one pub/sub connection for all its rooms, subscribed to a room while the
-// room has local subscribers; one goroutine reads it and calls the handler in
-// order. When the connection fails (Redis restarts, the network drops), the
-// node keeps running: Publish and new Subscribes fail, Ping reports it, and
-// the connection is re-established with backoff and every room subscribed
+// one pub/sub connection for all its rooms (on a Redis Cluster, one per
+// master, for the rooms of its slots: every key and the channel of a room
+// are in one hash slot, and the script SPUBLISHes, so a room's traffic only
+// touches the master that owns it), subscribed to a room while the room has
+// local subscribers; one goroutine reads each and calls the handler in
+// order. When a connection fails (Redis or a master restarts, the network
+// drops), the node keeps running: Publish and new Subscribes fail for the
+// rooms it carries (the other masters' rooms go on), Ping reports it, and
+// the connection is re-established with backoff and its rooms subscribed
 // again, without the caller's help. Publications made while a node was cut
-// off are not replayed to it: Redis pub/sub keeps no backlog.
+// off are not replayed to it: Redis pub/sub keeps no backlog; the hub's
+// Resync, for the rooms concerned, has their members recover from the log.
 //
 // Its methods are safe for concurrent use.
 type RedisBroker struct {
@@ -288,6 +295,12 @@ func (b *RedisBroker) shardFor(ctx context.Context, room string) (*relayShard, e
 	if err != nil {
 		return nil, fmt.Errorf("cluster: redis cluster: the master of room %s: %w", room, err)
 	}
+	return b.shardAt(node)
+}
+
+// shardAt returns the pub/sub connection to the master node, made (and
+// started if the broker runs) on first use.
+func (b *RedisBroker) shardAt(node *redis.Client) (*relayShard, error) {
 	opt := node.Options()
 	b.mu.Lock()
 	defer b.mu.Unlock()

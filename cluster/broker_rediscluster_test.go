@@ -217,3 +217,82 @@ func TestRedisClusterBrokerMasterDown(t *testing.T) {
 		subRec.WaitData(t, room, []byte(room+" after"))
 	}
 }
+
+// A room whose slot moves to another master (resharding, or a replica
+// promoted in its master's place) follows it: the node subscribes to it on
+// the new master, has its members resync, and it relays again there. The
+// other rooms of the old master are left alone.
+func TestRedisClusterBrokerSlotMoves(t *testing.T) {
+	c := testsvc.StartRedisCluster(t, 3)
+	rooms, master := roomsOnEveryMaster(t, c, "chatd", 24)
+	var moving, staying string
+	for _, room := range rooms {
+		if master[room] != master[rooms[0]] {
+			continue
+		}
+		if moving == "" {
+			moving = room
+		} else if staying == "" {
+			staying = room
+		}
+	}
+	if staying == "" {
+		t.Fatalf("no two rooms on master %d: %v", master[rooms[0]], master)
+	}
+	ev := &resyncRecorder{rooms: []string{moving, staying}}
+	cfg := cluster.RedisBrokerConfig{Client: clusterClient(t, c), PingInterval: 200 * time.Millisecond, OpTimeout: time.Second, MaxBackoff: 200 * time.Millisecond}
+	pubRec, subRec := chattest.NewRecorder(), chattest.NewRecorder()
+	pub := startBrokerEvents(t, cfg, pubRec.Handle, nil)
+	cfg.Client = clusterClient(t, c)
+	sub := startBrokerEvents(t, cfg, subRec.Handle, ev)
+	ctx := context.Background()
+	last := make(map[string]string)
+	publish := func(room, text string) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			id := chattest.NextID(last[room])
+			err := pub.Publish(ctx, room, id, []byte(text))
+			if err == nil {
+				last[room] = id
+				subRec.WaitData(t, room, []byte(text))
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("publish %q to room %s: %v", text, room, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	for _, room := range []string{moving, staying} {
+		if err := sub.Subscribe(ctx, room); err != nil {
+			t.Fatal(err)
+		}
+		publish(room, room+" before")
+	}
+
+	to := (master[moving] + 1) % 3
+	c.MoveSlot(t, "chatd:{"+moving+"}:log", to)
+	deadline := time.Now().Add(20 * time.Second)
+	for len(ev.Calls()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no Resync after the room's slot moved")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if calls := ev.Calls(); len(calls) != 1 || fmt.Sprint(calls[0]) != fmt.Sprint([]string{moving}) {
+		t.Fatalf("Resync calls %v, want one for room %s only", calls, moving)
+	}
+	// The log moved with the slot: the order goes on from it.
+	publish(moving, moving+" after")
+	publish(staying, staying+" after")
+	if calls := ev.Calls(); len(calls) != 1 {
+		t.Fatalf("Resync calls %v, want only the one for room %s: the other rooms' connection stayed", calls, moving)
+	}
+	if got := len(subRec.Room(moving)); got != 2 {
+		t.Fatalf("room %s: %d deliveries, want 2: %q", moving, got, subRec.Room(moving))
+	}
+	if s := sub.Stats(); s.Connections != 2 || s.Rooms != 2 {
+		t.Fatalf("subscriber stats %+v: want 2 rooms on 2 masters' connections", s)
+	}
+}

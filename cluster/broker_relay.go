@@ -303,8 +303,8 @@ func (s *relayShard) replace(old *redis.PubSub) *redis.PubSub {
 // that times out keeps the connection (a silent Redis may only be busy);
 // after three PingIntervals of silence the loop tells a stall from a
 // cut-off (see silent). An error of the connection itself (Redis closed
-// it, restarted, the network reset it, a master refused a channel it no
-// longer serves) is a failure: the connection is replaced, its rooms are
+// it, restarted, the network reset it, a master refused a channel it does
+// not serve) is a failure: the connection is replaced, its rooms are
 // subscribed again on the new one, the loop pauses with backoff between
 // attempts, and the hub's Resync is called for the shard's rooms once the
 // new connection delivers.
@@ -332,11 +332,6 @@ func (s *relayShard) receiveLoop() {
 				continue
 			}
 		}
-		if err == nil {
-			if m, ok := msg.(*redis.Subscription); ok && s.movedAway(m) {
-				err = fmt.Errorf("cluster: %s no longer serves channel %s (its slot moved)", s.where(), m.Channel)
-			}
-		}
 		if err != nil {
 			if b.isClosed.Load() {
 				return
@@ -346,6 +341,9 @@ func (s *relayShard) receiveLoop() {
 			if failures == 1 {
 				s.down.Store(true)
 				b.log.Warn("redis broker: pub/sub connection failed; reconnecting", "redis", s.addr, "err", err)
+			}
+			if s.sharded {
+				s.remap()
 			}
 			if ps = s.replace(ps); ps == nil {
 				return
@@ -384,7 +382,77 @@ func (s *relayShard) receiveLoop() {
 				}
 			}
 		case *redis.Subscription:
-			// Confirmations are covered by the rounds' pongs.
+			// Confirmations are covered by the rounds' pongs. A master
+			// that unsubscribes a channel by itself no longer serves its
+			// slot: the room follows the slot, the connection stays.
+			if s.movedAway(m) {
+				b.log.Info("redis broker: a room's slot moved to another master", "redis", s.addr, "channel", m.Channel)
+				s.remap()
+			}
+		}
+	}
+}
+
+// remap moves the rooms whose slot another master serves now (a replica
+// promoted after its master failed, a slot migrated) to the pub/sub
+// connection of that master, and once they are subscribed there has their
+// members resync: what was published on the new master meanwhile never
+// reached this node. Rooms whose master is not known stay, for the next
+// attempt.
+func (s *relayShard) remap() {
+	b := s.b
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.OpTimeout)
+	defer cancel()
+	// ForEachMaster reloads the slot map first, and waits for it
+	// (ReloadState only schedules a reload).
+	_ = b.cluster.ForEachMaster(ctx, func(context.Context, *redis.Client) error { return nil })
+	b.mu.Lock()
+	var rooms []string
+	for name, r := range b.rooms {
+		if r.shard == s {
+			rooms = append(rooms, name)
+		}
+	}
+	b.mu.Unlock()
+	moved := make(map[*relayShard][]string)
+	for _, room := range rooms {
+		node, err := b.cluster.MasterForKey(ctx, b.channel(room))
+		if err != nil || node.Options().Addr == s.addr {
+			continue
+		}
+		sh, err := b.shardAt(node)
+		if err != nil {
+			return
+		}
+		moved[sh] = append(moved[sh], room)
+	}
+	if len(moved) == 0 {
+		return
+	}
+	need := make(map[*relayShard]uint64, len(moved))
+	b.mu.Lock()
+	for sh, names := range moved {
+		need[sh] = sh.round + 1
+		for _, room := range names {
+			if r := b.rooms[room]; r != nil && r.shard == s {
+				r.shard, r.issued, r.ready = sh, false, sh.round+1
+				sh.dirty[room] = struct{}{}
+			}
+		}
+	}
+	b.mu.Unlock()
+	for sh, names := range moved {
+		sh.signal()
+		b.log.Info("redis broker: rooms moved to another master", "from", s.addr, "to", sh.addr, "rooms", len(names))
+		if err := sh.waitRound(ctx, need[sh]); err != nil {
+			b.log.Warn("redis broker: rooms moved to another master not subscribed yet; resyncing them anyway", "to", sh.addr, "err", err)
+		}
+		if b.events != nil {
+			set := make(map[string]struct{}, len(names))
+			for _, room := range names {
+				set[room] = struct{}{}
+			}
+			b.events.Resync(func(room string) bool { _, ok := set[room]; return ok })
 		}
 	}
 }

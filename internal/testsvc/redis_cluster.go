@@ -261,6 +261,58 @@ func (c *RedisCluster) Master(t testing.TB, key string) int {
 	return -1
 }
 
+// MoveSlot migrates the hash slot of key, with its keys, to master to, as
+// resharding does (IMPORTING/MIGRATING, MIGRATE, SETSLOT NODE on every
+// master), and returns the master it was on.
+func (c *RedisCluster) MoveSlot(t testing.TB, key string, to int) int {
+	t.Helper()
+	from := c.Master(t, key)
+	if from == to {
+		t.Fatalf("testsvc: redis cluster: %s is on master %d already", key, to)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	must := func(n *Redis, args ...any) string {
+		t.Helper()
+		out, err := c.command(ctx, n, args...)
+		if err != nil {
+			t.Fatalf("testsvc: redis cluster: %v on %s: %v", args, n.Addr(), err)
+		}
+		return out
+	}
+	src, dst := c.nodes[from], c.nodes[to]
+	slot := must(src, "CLUSTER", "KEYSLOT", key)
+	srcID, dstID := must(src, "CLUSTER", "MYID"), must(dst, "CLUSTER", "MYID")
+	must(dst, "CLUSTER", "SETSLOT", slot, "IMPORTING", srcID)
+	must(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dstID)
+	for {
+		keys, err := c.command(ctx, src, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+		if err != nil {
+			t.Fatalf("testsvc: redis cluster: GETKEYSINSLOT: %v", err)
+		}
+		names := strings.Fields(strings.Trim(keys, "[]"))
+		if len(names) == 0 {
+			break
+		}
+		args := []any{"MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS"}
+		for _, k := range names {
+			args = append(args, k)
+		}
+		must(src, args...)
+	}
+	must(dst, "CLUSTER", "SETSLOT", slot, "NODE", dstID)
+	must(src, "CLUSTER", "SETSLOT", slot, "NODE", dstID)
+	for i, n := range c.nodes {
+		if i != from && i != to {
+			must(n, "CLUSTER", "SETSLOT", slot, "NODE", dstID)
+		}
+	}
+	if err := c.waitOK(ctx, nil); err != nil {
+		t.Fatalf("testsvc: %v", err)
+	}
+	return from
+}
+
 // Client returns a plain client of master i (not a cluster client), for
 // looking at what that master holds. The caller closes it.
 func (c *RedisCluster) Client(i int) *redis.Client {
