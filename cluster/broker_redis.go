@@ -509,11 +509,23 @@ func (b *RedisBroker) Publish(ctx context.Context, room, id string, data []byte)
 	}
 }
 
-// notSent reports whether err proves a command never reached Redis: no
-// connection could be made (dialing failed, the pool had none to give).
+// notSent reports whether err proves a command never ran: no connection
+// could be made (dialing failed, the pool had none to give), or Redis
+// refused it before running it (a Redis Cluster whose master of the slot
+// is down or moving, a replica, a server still loading its data).
 func notSent(err error) bool {
 	var op *net.OpError
-	return errors.Is(err, redis.ErrPoolTimeout) || (errors.As(err, &op) && op.Op == "dial")
+	if errors.Is(err, redis.ErrPoolTimeout) || (errors.As(err, &op) && op.Op == "dial") {
+		return true
+	}
+	if _, moved := redis.IsMovedError(err); moved {
+		return true
+	}
+	if _, ask := redis.IsAskError(err); ask {
+		return true
+	}
+	return redis.IsClusterDownError(err) || redis.IsTryAgainError(err) || redis.IsLoadingError(err) ||
+		redis.IsReadOnlyError(err) || redis.IsMasterDownError(err)
 }
 
 // index adds room to this node's index of rooms, unless it did so within
