@@ -320,8 +320,8 @@ func (b *RedisBroker) shardAt(node *redis.Client) (*relayShard, error) {
 	return sh, nil
 }
 
-// allShards returns the pub/sub connections made so far. b.mu must be
-// held.
+// allShardsLocked returns the pub/sub connections made so far. b.mu
+// must be held.
 func (b *RedisBroker) allShardsLocked() []*relayShard {
 	if b.single != nil {
 		return []*relayShard{b.single}
@@ -784,9 +784,12 @@ func (b *RedisBroker) TakeOver(ctx context.Context, node string, fn func(room st
 // Redis cannot be reached. It must follow Run.
 func (b *RedisBroker) Subscribe(ctx context.Context, room string) error {
 	b.mu.Lock()
-	running := b.running
+	closed, running := b.closed, b.running
 	b.mu.Unlock()
-	if !running {
+	switch {
+	case closed:
+		return ErrBrokerClosed
+	case !running:
 		return errNotRunning
 	}
 	sh, err := b.shardFor(ctx, room)
